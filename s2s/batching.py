@@ -1,0 +1,79 @@
+"""Batches: padding/collation and length-bucketed, seeded batch order.
+
+Legend: B batch, S source length, T target length.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from s2s.tokenizer import BOS, EOS, PAD
+
+
+@dataclass
+class Batch:
+    src: Tensor  # [B, S] source ids, PAD-padded
+    src_lengths: Tensor  # [B]
+    tgt_in: Tensor | None = None  # [B, T] BOS y1 .. yn
+    tgt_out: Tensor | None = None  # [B, T] y1 .. yn EOS
+    n_tgt_tokens: int = 0  # non-pad target tokens (EOS included)
+
+    @property
+    def size(self) -> int:
+        return self.src.shape[0]
+
+
+def pad(seqs: list[list[int]], prefix: list[int] = (), suffix: list[int] = ()) -> Tensor:
+    width = max(len(s) for s in seqs) + len(prefix) + len(suffix)
+    out = torch.full((len(seqs), width), PAD, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        full = [*prefix, *seq, *suffix]
+        out[row, :len(full)] = torch.tensor(full, dtype=torch.long)
+    return out
+
+
+def collate(src: list[list[int]], tgt: list[list[int]] | None = None) -> Batch:
+    lengths = torch.tensor([max(len(s), 1) for s in src], dtype=torch.long)
+    src_t = pad([s if s else [EOS] for s in src])  # an empty source still has one position
+    if tgt is None:
+        return Batch(src_t, lengths)
+    return Batch(src_t, lengths, pad(tgt, prefix=[BOS]), pad(tgt, suffix=[EOS]),
+                 sum(len(t) + 1 for t in tgt))
+
+
+def bucket_batches(src_lens: np.ndarray, tgt_lens: np.ndarray | None, batch_size: int,
+                   batch_type: str = "sents", *, shuffle: bool = True, seed: int = 0,
+                   epoch: int = 0, pool_factor: int = 100) -> list[np.ndarray]:
+    """Group example indices into batches of similar length.
+
+    The order is a pure function of (seed, epoch), so a run can be resumed at any batch.
+    `batch_type='sents'`: `batch_size` sentences per batch; `'tokens'`: at most `batch_size`
+    padded pieces per batch (count x longest side), but never fewer than one sentence."""
+    n = len(src_lens)
+    lens = np.asarray(src_lens) if tgt_lens is None else np.maximum(src_lens, tgt_lens)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    per_pool = batch_size * pool_factor if batch_type == "sents" else \
+        max(1, batch_size // max(1, int(np.mean(lens)) if n else 1)) * pool_factor
+    batches: list[np.ndarray] = []
+    for start in range(0, n, per_pool):
+        pool = order[start:start + per_pool]
+        pool = pool[np.argsort(lens[pool], kind="stable")]  # by length within the pool
+        if batch_type == "sents":
+            batches.extend(pool[i:i + batch_size] for i in range(0, len(pool), batch_size))
+            continue
+        begin, longest = 0, 0
+        for i, idx in enumerate(pool):
+            longest_here = max(longest, int(lens[idx]) + 1)
+            if i > begin and longest_here * (i - begin + 1) > batch_size:
+                batches.append(pool[begin:i])
+                begin, longest_here = i, int(lens[idx]) + 1
+            longest = longest_here
+        if begin < len(pool):
+            batches.append(pool[begin:])
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches

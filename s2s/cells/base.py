@@ -1,0 +1,84 @@
+"""The cell contract (docs/plugins.md has it in full).
+
+A cell is an `nn.Module` that is ONE recurrent layer in ONE direction. The core stacks layers,
+adds dropout and builds two cells for a bidirectional layer; it never looks at which cell it holds.
+
+Shapes: B batch, T time, I input size, H hidden size.
+- `__init__(input_size, hidden_size, *, <keyword options>)`: no **kwargs.
+- `initial_state(batch_size, device, dtype) -> State`: a tuple of [B, H] tensors; state[0] is h.
+- `step(x [B, I], state) -> (h [B, H], state)`.
+- `forward(x [B, T, I], lengths [B], state=None) -> (out [B, T, H], final_state)`: padded
+  positions of `out` are zero; `final_state` is taken at each sequence's last real step.
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+State = tuple[Tensor, ...]
+
+
+@runtime_checkable
+class Cell(Protocol):
+    input_size: int
+    hidden_size: int
+
+    def initial_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State: ...
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]: ...
+
+    def forward(self, x: Tensor, lengths: Tensor, state: State | None = None
+                ) -> tuple[Tensor, State]: ...
+
+
+class StepCell(nn.Module):
+    """Base class for cell authors who only write `initial_state` and `step`:
+    `forward` runs `step` over time, freezing each sequence's state after its last real step."""
+
+    input_size: int
+    hidden_size: int
+
+    def initial_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
+        raise NotImplementedError
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, lengths: Tensor, state: State | None = None
+                ) -> tuple[Tensor, State]:
+        batch, time = x.shape[0], x.shape[1]
+        if state is None:
+            state = self.initial_state(batch, x.device, x.dtype)
+        alive = torch.arange(time, device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)
+        outputs = []
+        for t in range(time):
+            h, new_state = self.step(x[:, t], state)
+            keep = alive[:, t].unsqueeze(1)  # [B, 1]
+            state = tuple(torch.where(keep, new, old) for new, old in zip(new_state, state))
+            outputs.append(h * keep.to(h.dtype))
+        return torch.stack(outputs, dim=1), state  # [B, T, H]
+
+
+def zeros_state(n: int, batch_size: int, hidden_size: int, device: torch.device,
+                dtype: torch.dtype) -> State:
+    return tuple(torch.zeros(batch_size, hidden_size, device=device, dtype=dtype) for _ in range(n))
+
+
+def packed_run(fn, x: Tensor, lengths: Tensor, hx, flat_weights: list[Tensor]):
+    """Run a torch packed RNN kernel (torch.lstm / torch.gru) over padded `x` [B, T, I].
+
+    Returns (out [B, T, H] zero at padding, final hidden tensors as returned by `fn`, each
+    [1, B, H]) in the original batch order."""
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True,
+                                               enforce_sorted=False)
+    order, unorder = packed.sorted_indices, packed.unsorted_indices
+    hx = tuple(h.index_select(0, order).unsqueeze(0) for h in hx)  # [1, B, H] each, sorted
+    result = fn(packed.data, packed.batch_sizes, hx if len(hx) > 1 else hx[0], flat_weights,
+                True, 1, 0.0, False, False)
+    out_data, finals = result[0], result[1:]
+    out = nn.utils.rnn.PackedSequence(out_data, packed.batch_sizes, order, unorder)
+    padded, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+    finals = tuple(h.squeeze(0).index_select(0, unorder) for h in finals)
+    return padded, finals

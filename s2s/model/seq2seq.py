@@ -1,0 +1,114 @@
+"""The encoder-decoder model and the three operations search uses: encode / step / reorder.
+
+Legend: B batch, S source length, T target length, H hidden size, V target vocabulary.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from s2s.cells import State
+from s2s.config import ModelConfig
+from s2s.model.decoder import Decoder
+from s2s.model.encoder import Encoder
+from s2s.tokenizer import PAD
+
+
+class EncoderOut(NamedTuple):
+    memory: Tensor  # [B, S, H]
+    keys: Tensor  # [B, S, H] attention keys, computed once per batch
+    mask: Tensor  # [B, S] True at real source positions
+
+
+class DecoderState(NamedTuple):
+    layers: tuple[State, ...]  # one cell state per decoder layer, each a tuple of [B, H]
+    feed: Tensor  # [B, H] previous attentional hidden (zeros at the start)
+
+
+def reorder(obj, index: Tensor):
+    """Select rows `index` [B'] of every tensor in an EncoderOut / DecoderState / nested tuple."""
+    if isinstance(obj, Tensor):
+        return obj.index_select(0, index)
+    if isinstance(obj, tuple):
+        items = [reorder(item, index) for item in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    raise TypeError(f"cannot reorder {type(obj).__name__}")
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg, src_vocab_size)
+        self.decoder = Decoder(cfg, tgt_vocab_size)
+        self.project = nn.Linear(cfg.hidden_size, cfg.emb_size, bias=False) \
+            if cfg.tie_embeddings and cfg.emb_size != cfg.hidden_size else None
+        self.generator = nn.Linear(cfg.emb_size if self.project else cfg.hidden_size,
+                                   tgt_vocab_size)
+        if cfg.init_range:
+            for p in self.parameters():
+                nn.init.uniform_(p, -cfg.init_range, cfg.init_range)
+        if cfg.tie_embeddings:
+            self.generator.weight = self.decoder.embed.weight
+        with torch.no_grad():
+            self.encoder.embed.weight[PAD].zero_()
+            self.decoder.embed.weight[PAD].zero_()
+
+    # -- the interface search uses -------------------------------------------------------------
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[EncoderOut, DecoderState]:
+        """src [B, S], src_lengths [B] -> encoder output and the decoder's initial state."""
+        memory, finals = self.encoder(src, src_lengths)  # [B, S, H], per-layer states
+        steps = torch.arange(src.shape[1], device=src.device).unsqueeze(0)
+        mask = steps < src_lengths.to(src.device).unsqueeze(1)  # [B, S]
+        n_enc = len(finals)
+        layers = tuple(finals[min(i, n_enc - 1)] for i in range(len(self.decoder.cells)))
+        feed = memory.new_zeros(src.shape[0], self.cfg.hidden_size)  # [B, H]
+        keys = self.decoder.attention.keys(memory)
+        return EncoderOut(memory, keys, mask), DecoderState(layers, feed)
+
+    def step(self, tokens: Tensor, enc: EncoderOut, state: DecoderState
+             ) -> tuple[Tensor, DecoderState, Tensor]:
+        """tokens [B] (previous target ids) -> (log-probabilities [B, V], state, attention [B, S])."""
+        emb = self.decoder.dropout(self.decoder.embed(tokens))  # [B, E]
+        out, layers, weights = self.decoder.step(emb, state.layers, state.feed, *enc)
+        return torch.log_softmax(self.logits(out).float(), dim=-1), DecoderState(layers, out), \
+            weights
+
+    @staticmethod
+    def reorder(obj, index: Tensor):
+        return reorder(obj, index)
+
+    # -- training --------------------------------------------------------------------------------
+    def logits(self, hidden: Tensor) -> Tensor:
+        """[..., H] -> [..., V]"""
+        return self.generator(self.project(hidden) if self.project is not None else hidden)
+
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher forcing: src [B, S], tgt_in [B, T] -> decoder outputs [B, T, H]
+        (apply `logits` for [B, T, V]; `loss` does both)."""
+        enc, state = self.encode(src, src_lengths)
+        emb = self.decoder.dropout(self.decoder.embed(tgt_in))  # [B, T, E]
+        layers, feed, outputs = state.layers, state.feed, []
+        for t in range(tgt_in.shape[1]):
+            feed, layers, _ = self.decoder.step(emb[:, t], layers, feed, *enc)
+            outputs.append(feed)
+        return torch.stack(outputs, dim=1)  # [B, T, H]
+
+    def loss(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, tgt_out: Tensor,
+             label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
+        """(summed smoothed loss for the gradient, summed plain NLL for reporting), over
+        non-pad target tokens."""
+        hidden = self.forward(src, src_lengths, tgt_in)  # [B, T, H]
+        logits = self.logits(hidden).float().flatten(0, 1)  # [B*T, V]
+        gold = tgt_out.flatten()  # [B*T]
+        if not label_smoothing:
+            nll = F.cross_entropy(logits, gold, ignore_index=PAD, reduction="sum")
+            return nll, nll.detach()
+        keep = gold != PAD
+        log_probs = torch.log_softmax(logits[keep], dim=-1)  # [N, V]
+        nll = -log_probs.gather(1, gold[keep].unsqueeze(1)).sum()
+        uniform = -log_probs.mean(dim=-1).sum()
+        return (1 - label_smoothing) * nll + label_smoothing * uniform, nll.detach()

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+
+from conftest import ROOT
+from s2s import config
+from s2s.errors import ConfigError
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = config.load(path, ["data.dir=/somewhere"])
+    assert cfg.data.dir == "/somewhere"
+
+
+def test_peer_matched_is_the_peer_model():
+    cfg = config.load(ROOT / "configs" / "peer-matched.yaml")
+    m, t, d = cfg.model, cfg.train, cfg.data
+    assert (m.emb_size, m.hidden_size, m.layers, m.bidirectional) == (256, 512, 1, True)
+    assert (m.cell, m.attention, m.input_feeding, m.dropout) == ("lstm", "general", True, 0.3)
+    assert (t.lr, t.batch_size, t.batch_type, t.label_smoothing) == (1e-3, 64, "sents", 0.0)
+    assert (d.vocab_size, d.spm_model_type, d.joint_vocab, d.max_len) == (8000, "unigram", True, 100)
+
+
+def test_overrides_are_typed():
+    cfg = config.load(None, ["train.max_time=900", "model.cell=gru", "train.lr=1e-4",
+                             "model.bidirectional=false", "train.max_steps=10"])
+    assert cfg.train.max_time == 900.0 and isinstance(cfg.train.max_time, float)
+    assert cfg.model.cell == "gru" and cfg.model.bidirectional is False
+    assert cfg.train.lr == 1e-4 and cfg.train.max_steps == 10
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  hidden_sise: 3\n  attention: cosine\ntrain:\n  lr: -1\n"
+                    "  batch_size: many\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        config.load(path, ["train.nope=1", "data.vocab_size=0"])
+    text = str(info.value)
+    for needle in ("4 problem", "'model.hidden_sise'", "'model.attention' must be one of",
+                   "'train.lr' must be > 0", "'train.batch_size' must be int", "'train.nope'",
+                   "'data.vocab_size' must be > 0", str(path)):
+        assert needle in text, needle
+    assert "6 problem" in text
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model:\n  cell: lstm\n  emb_size: [1,\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"broken.yaml:\d+:\d+: invalid YAML"):
+        config.load(path)
+
+
+def test_missing_file_and_bad_override():
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load("/nonexistent/config.yaml")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        config.load(None, ["train.max_steps"])
+
+
+def test_odd_hidden_size_rejected_for_bidirectional():
+    with pytest.raises(ConfigError, match="must be even"):
+        config.load(None, ["model.hidden_size=7"])
+
+
+def test_round_trip(tmp_path):
+    cfg = config.load(ROOT / "configs" / "toy.yaml")
+    config.dump(cfg, tmp_path / "c.yaml")
+    assert config.load(tmp_path / "c.yaml") == cfg
