@@ -121,6 +121,7 @@ class Trainer:
         self.step = self.epoch = 0
         self.best: float | None = None
         self.history: list[dict[str, float]] = []  # validation results
+        self.tokens_seen, self.step_time = 0, 0.0  # for the run's target tokens/s
 
     # -- set-up ----------------------------------------------------------------------------------
     def _say(self, message: str) -> None:
@@ -266,6 +267,8 @@ class Trainer:
                     window["norm"] += norm
                     window["steps"] += 1
                     window["time"] += time.monotonic() - step_start
+                    self.tokens_seen += tokens
+                    self.step_time += time.monotonic() - step_start
                     elapsed = time.monotonic() - started
                     if self.step % t.log_every == 0:
                         self._log(window)
@@ -289,7 +292,8 @@ class Trainer:
             self.save("last.pt")
         finally:
             self.monitor.close()
-        return {"step": self.step, "epoch": self.epoch, **final}
+        return {"step": self.step, "epoch": self.epoch,
+                "train_tgt_tok_s": self.tokens_seen / max(self.step_time, 1e-9), **final}
 
     def _log(self, window: dict[str, float]) -> None:
         loss = window["nll"] / max(1, window["tokens"])
