@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ CHECKPOINT_DIR = "checkpoints"
 def save(payload: dict[str, Any], path: str | Path) -> None:
     """Write `payload` to `path` atomically; on failure the previous file is left intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; checkpoints are ordinary files
@@ -34,13 +36,17 @@ def save(payload: dict[str, Any], path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        tmp = None
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
         kept = "the previous checkpoint is intact" if path.exists() else "nothing was written"
         raise CheckpointError(f"writing checkpoint {path} failed ({exc.strerror or exc}); "
                               f"{kept}. Free disk space or choose another --run-dir") from exc
@@ -51,13 +57,17 @@ def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path} is unreadable or truncated, or not an s2s "
+                              f"checkpoint (not a PyTorch zip archive); point at a .pt file "
+                              f"written by `s2s train`")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"checkpoint {path} refused: it contains objects that would run code "
                               f"when loaded; s2s loads weights only. Use a checkpoint written by "
                               f"s2s") from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # any other failure of the unpickler: a damaged or foreign file
         raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({exc}); use "
                               f"another checkpoint of the run") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:

@@ -64,7 +64,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 64
-    batch_type: Literal["sents", "tokens"] = "sents"  # tokens: budget of padded source+target pieces
+    batch_type: Literal["sents", "tokens"] = "sents"  # tokens: count x (longer side + 1) budget
     max_steps: int = 0  # 0: no step budget
     max_time: float = 0.0  # seconds of training; 0: no time budget
     max_epochs: int = 0  # 0: no epoch budget
@@ -198,6 +198,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string; users mean a number
+        try:
+            value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf") else value
+        except ValueError:
+            pass
     return key.strip().split("."), value
 
 

@@ -91,9 +91,11 @@ def _jsonl(path: str, src_field: str, tgt_field: str, src_lang: str, tgt_lang: s
 
 
 def _signature(*paths: Path) -> str:
-    """Changes when a file changes, so datasets' cache never serves stale data. (A string:
+    """Changes when a file changes, so datasets' cache never serves stale data; ctime too, since
+    a copy that keeps size and mtime (cp -p, rsync -t) still gets a new ctime. (A string:
     datasets would treat a list in gen_kwargs as shards.)"""
-    return "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths)
+    return "|".join(f"{p.resolve()}:{s.st_size}:{s.st_mtime_ns}:{s.st_ctime_ns}"
+                    for p, s in ((p, p.stat()) for p in paths))
 
 
 def _unwrap(exc: BaseException) -> DataError | None:

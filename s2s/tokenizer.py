@@ -121,6 +121,10 @@ class Tokenizer:
         """Train SentencePiece on the training text (iterables are read twice when pruning)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        if iter(src_lines) is src_lines:  # a one-shot iterator cannot be read twice
+            src_lines = list(src_lines)
+        if iter(tgt_lines) is tgt_lines:
+            tgt_lines = list(tgt_lines)
         if cfg.joint_vocab:
             both = (line for lines in (src_lines, tgt_lines) for line in lines if line)
             _train_model(both, out / JOINT.removesuffix(".model"), cfg)

@@ -1,0 +1,187 @@
+"""s2s.search on tiny random models: beam 1 == greedy, beam search is exact when the beam covers
+the search space, batching changes nothing, and every score is the teacher-forced sum."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from s2s import search
+from s2s.config import ModelConfig
+from s2s.model import Seq2Seq
+from s2s.tokenizer import BOS, EOS, PAD
+
+SRC_V = 7
+
+
+def tiny_model(seed: int, tgt_vocab: int = 6, cell: str = "lstm", eos_shift: float = 0.0
+               ) -> Seq2Seq:
+    """A random float64 model in eval mode with peaky output distributions (init_range 1,
+    logits doubled), so that the best outputs have a range of lengths. `eos_shift` moves the
+    EOS logit (very negative: the model never wants to stop)."""
+    torch.manual_seed(seed)
+    model = Seq2Seq(ModelConfig(emb_size=8, hidden_size=16, cell=cell, dropout=0.0,
+                                init_range=1.0), SRC_V, tgt_vocab)
+    with torch.no_grad():
+        model.generator.weight.mul_(2.0)
+        model.generator.bias.mul_(2.0)
+        model.generator.bias[EOS] += eos_shift
+    return model.double().eval()
+
+
+def sources(seed: int, n: int, min_len: int = 1, max_len: int = 6) -> list[list[int]]:
+    g = torch.Generator().manual_seed(1000 + seed)
+    lengths = torch.randint(min_len, max_len + 1, (n,), generator=g).tolist()
+    return [torch.randint(4, SRC_V, (k,), generator=g).tolist() for k in lengths]
+
+
+def padded(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, seqs))
+    src = torch.full((len(seqs), width), PAD, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        src[i, :len(s)] = torch.tensor(s)
+    return src, torch.tensor([len(s) for s in seqs])
+
+
+@torch.no_grad()
+def forced_score(model: Seq2Seq, src: list[int], tokens: list[int]) -> float:
+    """Sum of model.step log-probabilities of `tokens` + EOS, teacher-forced, sentence alone."""
+    enc, state = model.encode(*padded([src]))
+    prev, total = BOS, 0.0
+    for token in [*tokens, EOS]:
+        log_probs, state, _ = model.step(torch.tensor([prev]), enc, state)
+        total += float(log_probs[0, token])
+        prev = token
+    return total
+
+
+@torch.no_grad()
+def exhaustive_best(model: Seq2Seq, src: list[int], vocab: int, limit: int
+                    ) -> list[tuple[float, list[int]]]:
+    """Every output with at most `limit` tokens, EOS included, best first."""
+    non_eos = [t for t in range(vocab) if t != EOS]
+    scored = [(forced_score(model, src, list(seq)), list(seq))
+              for n in range(limit) for seq in itertools.product(non_eos, repeat=n)]
+    return sorted(scored, key=lambda x: -x[0])
+
+
+class NotOne(int):
+    """An int equal in value to 1 whose `== 1` is False: it sends beam_search down its general
+    K-beam path instead of the `beam == 1 -> greedy` shortcut."""
+
+    def __eq__(self, other):
+        return False if other == 1 else int(self) == other
+
+    __hash__ = int.__hash__
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("seed", range(4))
+def test_beam_1_equals_greedy(seed, cell):
+    model = tiny_model(seed, cell=cell)
+    src, lengths = padded(sources(seed, 6))
+    greedy = search.greedy(model, src, lengths)
+    for hyps in (search.beam_search(model, src, lengths, beam=1),
+                 search.search(model, src, lengths, beam=1),
+                 search.beam_search(model, src, lengths, beam=NotOne(1))):
+        assert [h.tokens for h in hyps] == [h.tokens for h in greedy]
+        assert [h.score for h in hyps] == [h.score for h in greedy]  # exactly
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("limit", [3, 4])
+def test_beam_finds_the_exhaustive_best(seed, cell, limit):
+    """vocab 5 (4 specials + 1 word), outputs of at most `limit` tokens (EOS included); a beam
+    wider than any step's candidate set makes beam search exact."""
+    vocab = 5
+    model = tiny_model(seed, tgt_vocab=vocab, cell=cell)
+    srcs = sources(seed, 3)
+    beam = vocab ** (limit - 1)
+    hyps = search.beam_search(model, *padded(srcs), beam=beam, max_len_a=0, max_len_b=limit)
+    for src, hyp in zip(srcs, hyps):
+        ranked = exhaustive_best(model, src, vocab, limit)
+        (best_score, best_tokens), (second_score, _) = ranked[0], ranked[1]
+        assert hyp.score == pytest.approx(best_score, abs=1e-5)
+        if best_score - second_score > 1e-5:  # a unique optimum: the same tokens
+            assert hyp.tokens == best_tokens
+        assert hyp.score == pytest.approx(forced_score(model, src, hyp.tokens), abs=1e-5)
+
+
+def test_exhaustive_check_has_teeth():
+    """On these models greedy often misses the optimum and the optimum is often non-empty, so
+    test_beam_finds_the_exhaustive_best distinguishes an exact search from a sloppy one."""
+    greedy_missed = non_empty = 0
+    for seed in range(5):
+        model = tiny_model(seed, tgt_vocab=5)
+        srcs = sources(seed, 3)
+        for src, hyp in zip(srcs, search.greedy(model, *padded(srcs), max_len_a=0, max_len_b=4)):
+            best_score, best_tokens = exhaustive_best(model, src, 5, 4)[0]
+            greedy_missed += hyp.score < best_score - 1e-5
+            non_empty += len(best_tokens) > 0
+    assert greedy_missed >= 3 and non_empty >= 3
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("beam", [1, 5])
+@pytest.mark.parametrize("seed", range(3))
+def test_batch_equals_one_at_a_time(seed, beam, cell):
+    model = tiny_model(seed, cell=cell)
+    srcs = sources(seed, 8)
+    together = search.search(model, *padded(srcs), beam=beam)
+    for src, hyp in zip(srcs, together):
+        [alone] = search.search(model, *padded([src]), beam=beam)
+        assert hyp.tokens == alone.tokens
+        assert hyp.score == pytest.approx(alone.score, abs=1e-5)
+
+
+@pytest.mark.parametrize("beam", [1, 2, 5])
+@pytest.mark.parametrize("seed", range(3))
+def test_score_is_the_teacher_forced_sum(seed, beam):
+    model = tiny_model(seed, eos_shift=-4.0)
+    srcs = sources(seed, 6)
+    hyps = search.search(model, *padded(srcs), beam=beam, max_len_a=0, max_len_b=6)
+    for src, hyp in zip(srcs, hyps):
+        assert EOS not in hyp.tokens
+        assert hyp.score <= 0 and math.isfinite(hyp.score)
+        assert hyp.score == pytest.approx(forced_score(model, src, hyp.tokens), abs=1e-5)
+    assert any(h.tokens for h in hyps)  # the check saw real hypotheses, not only EOS
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_length_limits_are_per_sentence(beam):
+    """max length a*|src| + b tokens, EOS included; the model here never wants to stop."""
+    model = tiny_model(0, eos_shift=-50.0)
+    srcs = [[4], [4, 5, 6], [5, 5, 5, 5, 5, 5]]
+    hyps = search.search(model, *padded(srcs), beam=beam, max_len_a=1.0, max_len_b=1)
+    assert [len(h.tokens) for h in hyps] == [len(s) for s in srcs]  # |src| + 1 - EOS
+    for src, hyp in zip(srcs, hyps):
+        assert hyp.score == pytest.approx(forced_score(model, src, hyp.tokens), abs=1e-5)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_limit_of_one_gives_empty_outputs(beam):
+    model = tiny_model(1, eos_shift=-50.0)
+    srcs = sources(1, 3)
+    hyps = search.search(model, *padded(srcs), beam=beam, max_len_a=0, max_len_b=0)
+    assert [h.tokens for h in hyps] == [[], [], []]
+    for src, hyp in zip(srcs, hyps):
+        assert hyp.score == pytest.approx(forced_score(model, src, []), abs=1e-5)
+
+
+def test_max_lengths():
+    lengths = torch.tensor([1, 4, 10])
+    assert search.max_lengths(lengths, 2.0, 10).tolist() == [12, 18, 30]
+    assert search.max_lengths(lengths, 1.5, 0).tolist() == [1, 6, 15]
+    assert search.max_lengths(lengths, 0.0, 0).tolist() == [1, 1, 1]  # at least EOS
+
+
+def test_search_does_not_change_the_model_or_need_grad():
+    model = tiny_model(2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hyps = search.search(model, *padded(sources(2, 3)), beam=3)
+    assert all(isinstance(h.score, float) for h in hyps)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
