@@ -131,7 +131,11 @@ def evaluate(hypotheses: str, references: str, metrics: tuple[str, ...], as_json
 
 
 @main.command()
-def plugins() -> None:
+@click.option("--check", is_flag=True,
+              help="Also run the conformance kit (s2s.testing.check_cell) on every cell that "
+                   "loads; exit status 1 if any cell is broken or fails it.")
+@click.pass_context
+def plugins(ctx: click.Context, check: bool) -> None:
     """List the installed cell plugins (entry-point group s2s.cells) and their status."""
     from s2s.cells import registry
 
@@ -139,8 +143,29 @@ def plugins() -> None:
     if not rows:
         click.echo("no cells installed (is s2s installed? `pip install -e .`)")
         return
+    widths = [max(len(getattr(e, key)) for e, _ in rows) for key in ("name", "dist", "version",
+                                                                      "value")]
+    failed = False
     for entry, state in rows:
-        click.echo(f"{entry.name:<16} {entry.dist} {entry.version:<10} {entry.value:<32} {state}")
+        details: list[str] = []
+        if check and state == "ok":
+            from s2s.testing import CellContractError, check_cell
+
+            try:
+                check_cell(registry.load(entry.name)[0])
+            except AssertionError as exc:
+                reason = str(exc) or type(exc).__name__
+                if isinstance(exc, CellContractError):  # the row already names the cell
+                    reason = f"{exc.prop}{f' on {exc.device}' if exc.device else ''}: {exc.detail}"
+                first, *details = reason.splitlines()
+                state = f"fails check: {first}"
+        failed = failed or state != "ok"
+        cols = (entry.name, entry.dist, entry.version, entry.value)
+        click.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)) + f"  {state}")
+        for line in details:
+            click.echo(f"    {line}")
+    if check and failed:
+        ctx.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -139,7 +139,8 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         self._check_run_dir()
-        registry.find(cfg.model.cell)  # fail fast on an unknown or conflicting cell name
+        cell_cls, entry = registry.load(cfg.model.cell)  # fail fast: before any data work
+        registry.check_options(cell_cls, entry, dict(cfg.model.cell_options))
         set_threads(cfg.train.threads)
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)

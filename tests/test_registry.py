@@ -1,11 +1,9 @@
 """s2s/cells/registry.py against FAKE installed distributions: a `*.dist-info` directory with
-METADATA and entry_points.txt, plus the modules it points to, put on sys.path."""
+METADATA and entry_points.txt, plus the modules it points to, put on sys.path (the `install`
+fixture in conftest.py)."""
 from __future__ import annotations
 
 import importlib
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -51,37 +49,6 @@ BAD_MODULES = {
     "failing_init": GOOD_CELL.replace("super().__init__()",
                                       "super().__init__()\n        raise ValueError('no')"),
 }
-
-
-@pytest.fixture
-def install(tmp_path, monkeypatch):
-    """install(dist, version, {cell name: (module source, attribute)}) -> fake distribution on
-    sys.path; module names are unique per test and dropped from sys.modules afterwards."""
-    created: list[str] = []
-    counter = iter(range(1000))
-
-    def _install(dist: str, version: str, cells: dict[str, tuple[str, str]]) -> Path:
-        root = tmp_path / f"site_{dist}"
-        root.mkdir()
-        info = root / f"{dist}-{version}.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(
-            f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8")
-        lines = ["[s2s.cells]"]
-        for cell_name, (source, attribute) in cells.items():
-            module = f"_fake_{dist}_{cell_name}_{next(counter)}_{tmp_path.name}".replace("-", "_")
-            (root / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
-            lines.append(f"{cell_name} = {module}:{attribute}")
-            created.append(module)
-        (info / "entry_points.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        monkeypatch.syspath_prepend(str(root))
-        importlib.invalidate_caches()
-        return root
-
-    yield _install
-    for module in created:
-        sys.modules.pop(module, None)
-    importlib.invalidate_caches()
 
 
 def test_builtin_cells_are_discovered():

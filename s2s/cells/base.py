@@ -53,8 +53,8 @@ class StepCell(nn.Module):
             state = self.initial_state(batch, x.device, x.dtype)
         alive = torch.arange(time, device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)
         outputs = []
-        for t in range(time):
-            h, new_state = self.step(x[:, t], state)
+        for t, x_t in enumerate(x.unbind(1)):  # unbind: one backward node for all steps
+            h, new_state = self.step(x_t, state)
             keep = alive[:, t].unsqueeze(1)  # [B, 1]
             state = tuple(torch.where(keep, new, old) for new, old in zip(new_state, state))
             outputs.append(h * keep.to(h.dtype))

@@ -67,22 +67,25 @@ def find(name: str) -> CellEntry:
     return entries[0]
 
 
-def _check_class(entry: CellEntry, obj: Any) -> type[nn.Module]:
+def check_class(obj: Any, label: str) -> type[nn.Module]:
+    """Check the class-level rules of the cell contract (an nn.Module subclass with the contract
+    methods and `__init__(input_size, hidden_size, *, options...)`); returns `obj` or raises a
+    PluginError whose message starts with `label`. s2s.testing.check_cell uses it too."""
     if not (inspect.isclass(obj) and issubclass(obj, nn.Module)):
-        raise PluginError(f"{entry.origin}: the entry point must name an nn.Module subclass, "
+        raise PluginError(f"{label}: a cell must be an nn.Module subclass, "
                           f"got {type(obj).__name__} {obj!r}")
     missing = [m for m in CONTRACT_METHODS if not callable(getattr(obj, m, None))]
     if missing:
-        raise PluginError(f"{entry.origin}: missing method(s) {', '.join(missing)} of the cell "
+        raise PluginError(f"{label}: missing method(s) {', '.join(missing)} of the cell "
                           f"contract (docs/plugins.md)")
     params = list(inspect.signature(obj.__init__).parameters.values())[1:]
     positional = [p.name for p in params
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if positional[:2] != ["input_size", "hidden_size"] or len(positional) != 2:
-        raise PluginError(f"{entry.origin}: __init__ must take (input_size, hidden_size, *, "
+        raise PluginError(f"{label}: __init__ must take (input_size, hidden_size, *, "
                           f"options...), got ({', '.join(p.name for p in params)})")
     if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params):
-        raise PluginError(f"{entry.origin}: __init__ must list its options explicitly "
+        raise PluginError(f"{label}: __init__ must list its options explicitly "
                           f"(no *args/**kwargs), so configs can be checked before training")
     return obj
 
@@ -95,7 +98,7 @@ def load(name: str) -> tuple[type[nn.Module], CellEntry]:
     except Exception as exc:
         raise PluginError(f"{entry.origin} failed to load: {type(exc).__name__}: {exc}. "
                           f"Fix or reinstall {entry.dist}, or choose another model.cell") from exc
-    return _check_class(entry, obj), entry
+    return check_class(obj, entry.origin), entry
 
 
 def options_of(cls: type) -> dict[str, inspect.Parameter]:

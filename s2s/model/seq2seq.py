@@ -92,8 +92,8 @@ class Seq2Seq(nn.Module):
         enc, state = self.encode(src, src_lengths)
         emb = self.decoder.dropout(self.decoder.embed(tgt_in))  # [B, T, E]
         layers, feed, outputs = state.layers, state.feed, []
-        for t in range(tgt_in.shape[1]):
-            feed, layers, _ = self.decoder.step(emb[:, t], layers, feed, *enc)
+        for emb_t in emb.unbind(1):  # unbind: one backward node, not a zero-filled [B, T, E] per step
+            feed, layers, _ = self.decoder.step(emb_t, layers, feed, *enc)
             outputs.append(feed)
         return torch.stack(outputs, dim=1)  # [B, T, H]
 

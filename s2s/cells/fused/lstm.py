@@ -1,0 +1,160 @@
+"""`fused-lstm`: torch.nn.LSTM's math and parameter layout, fast on CPU.
+
+- `step`: two GEMMs accumulate into one gate buffer, then one autograd node does all the gate
+  pointwise work (sigmoid/tanh, cell and hidden update) with a hand-written backward.
+- `forward` (a whole sequence): one autograd Function. All time steps' input projections are one
+  GEMM; each step is one GEMM plus pointwise work; in backward each step costs one GEMM and the
+  weight and input gradients are three large GEMMs over all steps at once.
+
+Gates are ordered i, f, g, o as in torch.nn.LSTM. Legend: B batch, T time, I input, H hidden.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from s2s.cells.base import State, StepCell, zeros_state
+
+
+def _activate(gates: Tensor) -> Tensor:
+    """Pre-activations [B, 4H] -> activations (sigmoid i, f, o; tanh g), new tensor."""
+    hidden = gates.shape[1] // 4
+    act = torch.sigmoid(gates)
+    act[:, 2 * hidden:3 * hidden] = torch.tanh(gates[:, 2 * hidden:3 * hidden])
+    return act
+
+
+def _gates_backward(act: Tensor, c_prev: Tensor, tanh_c: Tensor, dh: Tensor, dc: Tensor
+                    ) -> tuple[Tensor, Tensor]:
+    """Backward of c = f*c_prev + i*g, h = o*tanh(c) through the activations.
+    Returns (d pre-activations [B, 4H], d c_prev [B, H])."""
+    i, f, g, o = act.chunk(4, dim=1)
+    dc = dc + dh * o * (1 - tanh_c * tanh_c)
+    d_gates = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
+                         dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], dim=1)
+    return d_gates, dc * f
+
+
+class _Pointwise(torch.autograd.Function):
+    """(pre-activations [B, 4H], c_prev [B, H]) -> (h, c)."""
+
+    @staticmethod
+    def forward(ctx, gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+        act = _activate(gates)
+        i, f, g, o = act.chunk(4, dim=1)
+        c = torch.addcmul(f * c_prev, i, g)
+        tanh_c = torch.tanh(c)
+        ctx.save_for_backward(act, c_prev, tanh_c)
+        return o * tanh_c, c
+
+    @staticmethod
+    def backward(ctx, dh: Tensor, dc: Tensor) -> tuple[Tensor, Tensor]:
+        act, c_prev, tanh_c = ctx.saved_tensors
+        return _gates_backward(act, c_prev, tanh_c, dh, dc)
+
+
+class _Sequence(torch.autograd.Function):
+    """The whole masked recurrence: see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, mask: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor,
+                w_hh: Tensor, b_ih: Tensor, b_hh: Tensor):
+        batch, time, _ = x.shape
+        hidden = w_hh.shape[1]
+        xw = torch.addmm(b_ih + b_hh, x.reshape(batch * time, -1), w_ih.t())
+        xw = xw.view(batch, time, 4 * hidden)  # [B, T, 4H]
+        acts = x.new_empty(time, batch, 4 * hidden)
+        hs = x.new_empty(time + 1, batch, hidden)  # h before each step (masked carry)
+        cs = x.new_empty(time + 1, batch, hidden)
+        tanh_cs = x.new_empty(time, batch, hidden)
+        out = x.new_empty(batch, time, hidden)
+        hs[0], cs[0] = h0, c0
+        w_hh_t = w_hh.t()
+        for t in range(time):
+            h, c = hs[t], cs[t]
+            act = _activate(torch.addmm(xw[:, t], h, w_hh_t))
+            i, f, g, o = act.chunk(4, dim=1)
+            c_new = torch.addcmul(f * c, i, g)
+            tanh_c = torch.tanh(c_new)
+            h_new = o * tanh_c
+            keep = mask[:, t].unsqueeze(1)  # [B, 1] 1.0 at real steps
+            acts[t], tanh_cs[t] = act, tanh_c
+            out[:, t] = h_new * keep
+            hs[t + 1] = torch.lerp(h, h_new, keep)
+            cs[t + 1] = torch.lerp(c, c_new, keep)
+        ctx.save_for_backward(x, mask, w_ih, w_hh, acts, hs, cs, tanh_cs)
+        return out, hs[time].clone(), cs[time].clone()
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor, d_h: Tensor, d_c: Tensor):
+        x, mask, w_ih, w_hh, acts, hs, cs, tanh_cs = ctx.saved_tensors
+        batch, time, _ = x.shape
+        hidden = w_hh.shape[1]
+        d_out = d_out if d_out is not None else x.new_zeros(batch, time, hidden)
+        d_h = d_h if d_h is not None else x.new_zeros(batch, hidden)
+        d_c = d_c if d_c is not None else x.new_zeros(batch, hidden)
+        d_gates_all = x.new_empty(batch, time, 4 * hidden)  # [B, T, 4H]
+        for t in range(time - 1, -1, -1):
+            keep = mask[:, t].unsqueeze(1)
+            d_h_new = (d_h + d_out[:, t]) * keep
+            d_c_new = d_c * keep
+            d_gates, d_c_prev = _gates_backward(acts[t], cs[t], tanh_cs[t], d_h_new, d_c_new)
+            d_gates_all[:, t] = d_gates
+            d_c = d_c_prev + d_c * (1 - keep)
+            d_h = torch.addmm(d_h * (1 - keep), d_gates, w_hh)
+        flat = d_gates_all.view(batch * time, 4 * hidden)  # [B*T, 4H]
+        d_x = (flat @ w_ih).view_as(x) if ctx.needs_input_grad[0] else None
+        d_w_ih = flat.t() @ x.reshape(batch * time, -1)  # [4H, I]
+        h_prev = hs[:time].transpose(0, 1).reshape(batch * time, hidden)  # [B*T, H]
+        d_w_hh = flat.t() @ h_prev  # [4H, H]
+        d_b = flat.sum(dim=0)
+        return d_x, None, d_h, d_c, d_w_ih, d_w_hh, d_b, d_b
+
+
+class FusedLSTMCell(StepCell):
+    """LSTM layer; weights interchangeable with `lstm` and torch.nn.LSTM (weight_ih [4H, I],
+    weight_hh [4H, H], bias_ih [4H], bias_hh [4H])."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
+        self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
+        bound = 1.0 / math.sqrt(hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def initial_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
+        return zeros_state(2, batch_size, self.hidden_size, device, dtype)
+
+    def _weights(self, dtype: torch.dtype) -> list[Tensor]:
+        """Parameters in the compute dtype (bf16 under CPU autocast)."""
+        params = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
+        return [p.to(dtype) for p in params]
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        h, c = state
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        w_ih, w_hh, b_ih, b_hh = self._weights(dtype)
+        with torch.autocast("cpu", enabled=False):
+            gates = torch.addmm(b_ih + b_hh, x.to(dtype), w_ih.t())
+            gates = torch.addmm(gates, h.to(dtype), w_hh.t())  # [B, 4H]
+            h, c = _Pointwise.apply(gates, c.to(dtype))
+        return h, (h, c)
+
+    def forward(self, x: Tensor, lengths: Tensor, state: State | None = None
+                ) -> tuple[Tensor, State]:
+        batch, time = x.shape[0], x.shape[1]
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        if state is None:
+            state = self.initial_state(batch, x.device, dtype)
+        steps = torch.arange(time, device=x.device).unsqueeze(0)
+        mask = (steps < lengths.to(x.device).unsqueeze(1)).to(dtype)  # [B, T]
+        with torch.autocast("cpu", enabled=False):
+            out, h, c = _Sequence.apply(x.to(dtype), mask, state[0].to(dtype),
+                                        state[1].to(dtype), *self._weights(dtype))
+        return out, (h, c)

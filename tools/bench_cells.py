@@ -1,0 +1,110 @@
+"""Micro-benchmarks of a cell against torch's own LSTM, the two sides interleaved in one run.
+
+    python tools/bench_cells.py [--cell fused-lstm] [--threads 2] [--repeats 30]
+
+1. decoder-style stepping: B=64, input 768, hidden 512, 20 steps of `step`, forward+backward,
+   vs torch.nn.LSTMCell looped over the same steps; float32 and bf16 autocast.
+2. whole sequence: B=64, T=20, input 256, hidden 256, `forward` + backward, vs torch.nn.LSTM.
+Prints one JSON line per case with median milliseconds and the speed-up (torch / cell).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+
+def _time(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cell", default="fused-lstm")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from s2s.cells import registry
+
+    cls, _ = registry.load(args.cell)
+
+    def stepping(cell_step, params, x, h0, c0):
+        def run():
+            h, c = h0, c0
+            total = 0
+            for t in range(x.shape[0]):
+                h, c = cell_step(x[t], (h, c))
+                total = total + h.float().sum()
+            total.backward()
+            for p in params:
+                p.grad = None
+        return run
+
+    batch, steps, inp, hid = 64, 20, 768, 512
+    ours = cls(inp, hid)
+    ref = torch.nn.LSTMCell(inp, hid)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(steps, batch, inp)
+    h0, c0 = torch.zeros(batch, hid), torch.zeros(batch, hid)
+    ours_step = lambda xt, s: ours.step(xt, s)[1]  # noqa: E731
+    ref_step = lambda xt, s: ref(xt, s)  # noqa: E731
+    for precision in ("fp32", "bf16"):
+        a = stepping(ours_step, list(ours.parameters()), x, h0, c0)
+        b = stepping(ref_step, list(ref.parameters()), x, h0, c0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            for _ in range(3):
+                a(), b()
+            ta, tb = [], []
+            for _ in range(args.repeats):  # interleaved
+                ta += _time(a, 1)
+                tb += _time(b, 1)
+        ma, mb = statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
+        print(json.dumps({"case": "decoder_step_B64_I768_H512_T20_fwd_bwd", "precision": precision,
+                          "cell": args.cell, "cell_ms": round(ma, 2), "torch_LSTMCell_ms": round(mb, 2),
+                          "speedup": round(mb / ma, 3), "threads": args.threads}))
+
+    batch, steps, inp, hid = 64, 20, 256, 256
+    ours = cls(inp, hid)
+    ref = torch.nn.LSTM(inp, hid, batch_first=True)
+    ours.load_state_dict({k.removesuffix("_l0"): v for k, v in ref.state_dict().items()})
+    x = torch.randn(batch, steps, inp, requires_grad=True)
+    lengths = torch.full((batch,), steps)
+
+    def seq_ours():
+        out, (h, c) = ours(x, lengths)
+        (out.sum() + h.sum()).backward()
+        x.grad = None
+        for p in ours.parameters():
+            p.grad = None
+
+    def seq_ref():
+        out, (h, c) = ref(x)
+        (out.sum() + h.sum()).backward()
+        x.grad = None
+        for p in ref.parameters():
+            p.grad = None
+
+    for _ in range(3):
+        seq_ours(), seq_ref()
+    ta, tb = [], []
+    for _ in range(args.repeats):
+        ta += _time(seq_ours, 1)
+        tb += _time(seq_ref, 1)
+    ma, mb = statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
+    print(json.dumps({"case": "sequence_B64_T20_I256_H256_fwd_bwd", "precision": "fp32",
+                      "cell": args.cell, "cell_ms": round(ma, 2), "torch_LSTM_ms": round(mb, 2),
+                      "speedup": round(mb / ma, 3), "threads": args.threads}))
+
+
+if __name__ == "__main__":
+    main()
