@@ -10,12 +10,11 @@ Gates are ordered i, f, g, o as in torch.nn.LSTM. Legend: B batch, T time, I inp
 """
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from s2s.cells.base import State, StepCell, zeros_state
+from s2s.cells.base import State
+from s2s.cells.lstm import LSTMCell
 
 
 def _activate(gates: Tensor) -> Tensor:
@@ -113,23 +112,9 @@ class _Sequence(torch.autograd.Function):
         return d_x, None, d_h, d_c, d_w_ih, d_w_hh, d_b, d_b
 
 
-class FusedLSTMCell(StepCell):
-    """LSTM layer; weights interchangeable with `lstm` and torch.nn.LSTM (weight_ih [4H, I],
-    weight_hh [4H, H], bias_ih [4H], bias_hh [4H])."""
-
-    def __init__(self, input_size: int, hidden_size: int) -> None:
-        super().__init__()
-        self.input_size, self.hidden_size = input_size, hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
-        self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
-        self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
-        bound = 1.0 / math.sqrt(hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
-
-    def initial_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
-        return zeros_state(2, batch_size, self.hidden_size, device, dtype)
+class FusedLSTMCell(LSTMCell):
+    """LSTM layer with the parameters of `lstm` (and so of torch.nn.LSTM: weight_ih [4H, I],
+    weight_hh [4H, H], bias_ih [4H], bias_hh [4H]); only `step` and `forward` differ."""
 
     def _weights(self, dtype: torch.dtype) -> list[Tensor]:
         """Parameters in the compute dtype (bf16 under CPU autocast)."""
