@@ -102,13 +102,14 @@ class Seq2Seq(nn.Module):
         """(summed smoothed loss for the gradient, summed plain NLL for reporting), over
         non-pad target tokens."""
         hidden = self.forward(src, src_lengths, tgt_in)  # [B, T, H]
-        logits = self.logits(hidden).float().flatten(0, 1)  # [B*T, V]
         gold = tgt_out.flatten()  # [B*T]
-        if not label_smoothing:
-            nll = F.cross_entropy(logits, gold, ignore_index=PAD, reduction="sum")
-            return nll, nll.detach()
         keep = gold != PAD
-        log_probs = torch.log_softmax(logits[keep], dim=-1)  # [N, V]
-        nll = -log_probs.gather(1, gold[keep].unsqueeze(1)).sum()
+        gold = gold[keep]  # [N] real target tokens only: no output layer work on padding
+        logits = self.logits(hidden.flatten(0, 1)[keep]).float()  # [N, V]
+        if not label_smoothing:
+            nll = F.cross_entropy(logits, gold, reduction="sum")
+            return nll, nll.detach()
+        log_probs = torch.log_softmax(logits, dim=-1)  # [N, V]
+        nll = -log_probs.gather(1, gold.unsqueeze(1)).sum()
         uniform = -log_probs.mean(dim=-1).sum()
         return (1 - label_smoothing) * nll + label_smoothing * uniform, nll.detach()
