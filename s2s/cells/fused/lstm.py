@@ -1,6 +1,7 @@
-"""`fused-lstm`: torch.nn.LSTM's math and parameter layout, fast on CPU.
+"""`fused-lstm`: torch.nn.LSTM's math and parameter layout, with hand-written backward passes
+(aimed at CPU speed; docs/benchmarks.md says where it stands).
 
-- `step`: two GEMMs accumulate into one gate buffer, then one autograd node does all the gate
+- `step`: two GEMMs (autocast-cached weight casts), then one autograd node does all the gate
   pointwise work (sigmoid/tanh, cell and hidden update) with a hand-written backward.
 - `forward` (a whole sequence): one autograd Function. All time steps' input projections are one
   GEMM; each step is one GEMM plus pointwise work; in backward each step costs one GEMM and the
@@ -11,6 +12,7 @@ Gates are ordered i, f, g, o as in torch.nn.LSTM. Legend: B batch, T time, I inp
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from s2s.cells.base import State
@@ -123,12 +125,11 @@ class FusedLSTMCell(LSTMCell):
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        w_ih, w_hh, b_ih, b_hh = self._weights(dtype)
-        with torch.autocast("cpu", enabled=False):
-            gates = torch.addmm(b_ih + b_hh, x.to(dtype), w_ih.t())
-            gates = torch.addmm(gates, h.to(dtype), w_hh.t())  # [B, 4H]
-            h, c = _Pointwise.apply(gates, c.to(dtype))
+        # F.linear on the parameters themselves: under autocast their low-precision casts are
+        # cached for the whole autocast region instead of being redone at every step
+        gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh,
+                                                                      self.bias_hh)  # [B, 4H]
+        h, c = _Pointwise.apply(gates, c.to(gates.dtype))
         return h, (h, c)
 
     def forward(self, x: Tensor, lengths: Tensor, state: State | None = None
