@@ -51,7 +51,7 @@ class StepCell(nn.Module):
         batch, time = x.shape[0], x.shape[1]
         if state is None:
             state = self.initial_state(batch, x.device, x.dtype)
-        alive = torch.arange(time, device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)
+        alive = length_mask(lengths, time, x.device)  # [B, T]
         outputs = []
         for t, x_t in enumerate(x.unbind(1)):  # unbind: one backward node for all steps
             h, new_state = self.step(x_t, state)
@@ -59,6 +59,11 @@ class StepCell(nn.Module):
             state = tuple(torch.where(keep, new, old) for new, old in zip(new_state, state))
             outputs.append(h * keep.to(h.dtype))
         return torch.stack(outputs, dim=1), state  # [B, T, H]
+
+
+def length_mask(lengths: Tensor, time: int, device: torch.device) -> Tensor:
+    """[B, T] bool, True at each sequence's real (non-padded) positions."""
+    return torch.arange(time, device=device).unsqueeze(0) < lengths.to(device).unsqueeze(1)
 
 
 def zeros_state(n: int, batch_size: int, hidden_size: int, device: torch.device,

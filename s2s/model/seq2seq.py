@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from s2s.cells import State
+from s2s.cells.base import length_mask
 from s2s.config import ModelConfig
 from s2s.model.decoder import Decoder
 from s2s.model.encoder import Encoder
@@ -61,8 +62,7 @@ class Seq2Seq(nn.Module):
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[EncoderOut, DecoderState]:
         """src [B, S], src_lengths [B] -> encoder output and the decoder's initial state."""
         memory, finals = self.encoder(src, src_lengths)  # [B, S, H], per-layer states
-        steps = torch.arange(src.shape[1], device=src.device).unsqueeze(0)
-        mask = steps < src_lengths.to(src.device).unsqueeze(1)  # [B, S]
+        mask = length_mask(src_lengths, src.shape[1], src.device)  # [B, S]
         n_enc = len(finals)
         layers = tuple(finals[min(i, n_enc - 1)] for i in range(len(self.decoder.cells)))
         feed = memory.new_zeros(src.shape[0], self.cfg.hidden_size)  # [B, H]

@@ -15,16 +15,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from s2s.cells.base import State
+from s2s.cells.base import State, length_mask
 from s2s.cells.lstm import LSTMCell
 
 
-def _activate(gates: Tensor) -> Tensor:
-    """Pre-activations [B, 4H] -> activations (sigmoid i, f, o; tanh g), new tensor."""
+def _gates_forward(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Pre-activations [B, 4H] and c_prev [B, H] -> (activations [B, 4H] (sigmoid i, f, o;
+    tanh g), c, tanh(c), h), each a new tensor."""
     hidden = gates.shape[1] // 4
     act = torch.sigmoid(gates)
     act[:, 2 * hidden:3 * hidden] = torch.tanh(gates[:, 2 * hidden:3 * hidden])
-    return act
+    i, f, g, o = act.chunk(4, dim=1)
+    c = torch.addcmul(f * c_prev, i, g)
+    tanh_c = torch.tanh(c)
+    return act, c, tanh_c, o * tanh_c
 
 
 def _gates_backward(act: Tensor, c_prev: Tensor, tanh_c: Tensor, dh: Tensor, dc: Tensor
@@ -43,12 +47,9 @@ class _Pointwise(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
-        act = _activate(gates)
-        i, f, g, o = act.chunk(4, dim=1)
-        c = torch.addcmul(f * c_prev, i, g)
-        tanh_c = torch.tanh(c)
+        act, c, tanh_c, h = _gates_forward(gates, c_prev)
         ctx.save_for_backward(act, c_prev, tanh_c)
-        return o * tanh_c, c
+        return h, c
 
     @staticmethod
     def backward(ctx, dh: Tensor, dc: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,11 +76,7 @@ class _Sequence(torch.autograd.Function):
         w_hh_t = w_hh.t()
         for t in range(time):
             h, c = hs[t], cs[t]
-            act = _activate(torch.addmm(xw[:, t], h, w_hh_t))
-            i, f, g, o = act.chunk(4, dim=1)
-            c_new = torch.addcmul(f * c, i, g)
-            tanh_c = torch.tanh(c_new)
-            h_new = o * tanh_c
+            act, c_new, tanh_c, h_new = _gates_forward(torch.addmm(xw[:, t], h, w_hh_t), c)
             keep = mask[:, t].unsqueeze(1)  # [B, 1] 1.0 at real steps
             acts[t], tanh_cs[t] = act, tanh_c
             out[:, t] = h_new * keep
@@ -138,8 +135,7 @@ class FusedLSTMCell(LSTMCell):
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         if state is None:
             state = self.initial_state(batch, x.device, dtype)
-        steps = torch.arange(time, device=x.device).unsqueeze(0)
-        mask = (steps < lengths.to(x.device).unsqueeze(1)).to(dtype)  # [B, T]
+        mask = length_mask(lengths, time, x.device).to(dtype)  # [B, T]
         with torch.autocast("cpu", enabled=False):
             out, h, c = _Sequence.apply(x.to(dtype), mask, state[0].to(dtype),
                                         state[1].to(dtype), *self._weights(dtype))
