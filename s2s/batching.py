@@ -54,6 +54,10 @@ def bucket_batches(src_lens: np.ndarray, tgt_lens: np.ndarray | None, batch_size
     padded pieces per batch (count x longest side), but never fewer than one sentence."""
     n = len(src_lens)
     lens = np.asarray(src_lens) if tgt_lens is None else np.maximum(src_lens, tgt_lens)
+    # sort key: the target length first (the decoder steps over every padded target position;
+    # the packed encoder skips source padding), then the source length
+    key = np.asarray(src_lens) if tgt_lens is None else \
+        np.asarray(tgt_lens, dtype=np.int64) * (int(np.max(src_lens, initial=0)) + 1) + src_lens
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(n) if shuffle else np.arange(n)
     per_pool = batch_size * pool_factor if batch_type == "sents" else \
@@ -61,7 +65,7 @@ def bucket_batches(src_lens: np.ndarray, tgt_lens: np.ndarray | None, batch_size
     batches: list[np.ndarray] = []
     for start in range(0, n, per_pool):
         pool = order[start:start + per_pool]
-        pool = pool[np.argsort(lens[pool], kind="stable")]  # by length within the pool
+        pool = pool[np.argsort(key[pool], kind="stable")]  # by length within the pool
         if batch_type == "sents":
             batches.extend(pool[i:i + batch_size] for i in range(0, len(pool), batch_size))
             continue

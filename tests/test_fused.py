@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from s2s.cells.fused.lstm import FusedLSTMCell, _Pointwise, _Sequence
+from s2s.cells.fused.lstm import FusedLSTMCell, LSTMPointwise, _Sequence
 from s2s.cells.lstm import LSTMCell
 
 
@@ -60,7 +60,7 @@ def test_gradcheck_sequence_and_pointwise():
     assert torch.autograd.gradcheck(lambda *a: _Sequence.apply(a[0], mask, *a[1:]),
                                     (x, h0, c0, *fused.parameters()))
     gates = torch.randn(2, 8, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(_Pointwise.apply, (gates, c0))
+    assert torch.autograd.gradcheck(LSTMPointwise.apply, (gates, c0))
 
 
 def test_weights_interchangeable_with_torch_lstm():

@@ -6,7 +6,46 @@ import math
 import torch
 from torch import Tensor, nn
 
+from s2s.cells import deferred
 from s2s.cells.base import State, StepCell, packed_run, zeros_state
+
+
+def gates_forward(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Pre-activations [B, 4H] and c_prev [B, H] -> (activations [B, 4H] (sigmoid i, f, o;
+    tanh g), c, tanh(c), h), each a new tensor."""
+    hidden = gates.shape[1] // 4
+    act = torch.sigmoid(gates)
+    act[:, 2 * hidden:3 * hidden] = torch.tanh(gates[:, 2 * hidden:3 * hidden])
+    i, f, g, o = act.chunk(4, dim=1)
+    c = torch.addcmul(f * c_prev, i, g)
+    tanh_c = torch.tanh(c)
+    return act, c, tanh_c, o * tanh_c
+
+
+def gates_backward(act: Tensor, c_prev: Tensor, tanh_c: Tensor, dh: Tensor, dc: Tensor
+                    ) -> tuple[Tensor, Tensor]:
+    """Backward of c = f*c_prev + i*g, h = o*tanh(c) through the activations.
+    Returns (d pre-activations [B, 4H], d c_prev [B, H])."""
+    i, f, g, o = act.chunk(4, dim=1)
+    dc = dc + dh * o * (1 - tanh_c * tanh_c)
+    d_gates = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
+                         dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], dim=1)
+    return d_gates, dc * f
+
+
+class LSTMPointwise(torch.autograd.Function):
+    """(pre-activations [B, 4H], c_prev [B, H]) -> (h, c)."""
+
+    @staticmethod
+    def forward(ctx, gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+        act, c, tanh_c, h = gates_forward(gates, c_prev)
+        ctx.save_for_backward(act, c_prev, tanh_c)
+        return h, c
+
+    @staticmethod
+    def backward(ctx, dh: Tensor, dc: Tensor) -> tuple[Tensor, Tensor]:
+        act, c_prev, tanh_c = ctx.saved_tensors
+        return gates_backward(act, c_prev, tanh_c, dh, dc)
 
 
 class LSTMCell(StepCell):
@@ -35,7 +74,14 @@ class LSTMCell(StepCell):
         return zeros_state(2, batch_size, self.hidden_size, device, dtype)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        h, c = torch.lstm_cell(x, state, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if not deferred.active():
+            h, c = torch.lstm_cell(x, state, self.weight_ih, self.weight_hh, self.bias_ih,
+                                   self.bias_hh)
+            return h, (h, c)
+        # training the decoder: weight gradients deferred to one GEMM over all steps
+        gates = deferred.linear(x, self.weight_ih, self.bias_ih) \
+            + deferred.linear(state[0], self.weight_hh, self.bias_hh)  # [B, 4H]
+        h, c = LSTMPointwise.apply(gates, state[1].to(gates.dtype))
         return h, (h, c)
 
     def forward(self, x: Tensor, lengths: Tensor, state: State | None = None

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from s2s.cells.deferred import linear
+
 
 class Attention(nn.Module):
     def __init__(self, kind: str, query_size: int, memory_size: int) -> None:
@@ -35,11 +37,12 @@ class Attention(nn.Module):
         """query [B, H], memory [B, S, H_mem], keys [B, S, H], mask [B, S] (True = real)
         -> (attentional hidden [B, H], weights [B, S])."""
         if self.kind == "bahdanau":
-            hidden = torch.tanh(keys + self.query(query).unsqueeze(1))  # [B, S, H]
+            hidden = torch.tanh(keys + linear(query, self.query.weight, self.query.bias).unsqueeze(1))  # [B, S, H]
             scores = self.v(hidden).squeeze(2)  # [B, S]
         else:
             scores = torch.bmm(keys, query.unsqueeze(2)).squeeze(2)  # [B, S]
         scores = scores.masked_fill(~mask, float("-inf"))
         weights = torch.softmax(scores, dim=-1)  # [B, S]
         context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)  # [B, H_mem]
-        return torch.tanh(self.out(torch.cat([context, query], dim=-1))), weights
+        attn_h = linear(torch.cat([context, query], dim=-1), self.out.weight, self.out.bias)
+        return torch.tanh(attn_h), weights  # deferred weight grads in training: see cells.deferred

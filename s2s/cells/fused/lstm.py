@@ -12,49 +12,11 @@ Gates are ordered i, f, g, o as in torch.nn.LSTM. Legend: B batch, T time, I inp
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from s2s.cells import deferred
 from s2s.cells.base import State, length_mask
-from s2s.cells.lstm import LSTMCell
-
-
-def _gates_forward(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Pre-activations [B, 4H] and c_prev [B, H] -> (activations [B, 4H] (sigmoid i, f, o;
-    tanh g), c, tanh(c), h), each a new tensor."""
-    hidden = gates.shape[1] // 4
-    act = torch.sigmoid(gates)
-    act[:, 2 * hidden:3 * hidden] = torch.tanh(gates[:, 2 * hidden:3 * hidden])
-    i, f, g, o = act.chunk(4, dim=1)
-    c = torch.addcmul(f * c_prev, i, g)
-    tanh_c = torch.tanh(c)
-    return act, c, tanh_c, o * tanh_c
-
-
-def _gates_backward(act: Tensor, c_prev: Tensor, tanh_c: Tensor, dh: Tensor, dc: Tensor
-                    ) -> tuple[Tensor, Tensor]:
-    """Backward of c = f*c_prev + i*g, h = o*tanh(c) through the activations.
-    Returns (d pre-activations [B, 4H], d c_prev [B, H])."""
-    i, f, g, o = act.chunk(4, dim=1)
-    dc = dc + dh * o * (1 - tanh_c * tanh_c)
-    d_gates = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
-                         dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], dim=1)
-    return d_gates, dc * f
-
-
-class _Pointwise(torch.autograd.Function):
-    """(pre-activations [B, 4H], c_prev [B, H]) -> (h, c)."""
-
-    @staticmethod
-    def forward(ctx, gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
-        act, c, tanh_c, h = _gates_forward(gates, c_prev)
-        ctx.save_for_backward(act, c_prev, tanh_c)
-        return h, c
-
-    @staticmethod
-    def backward(ctx, dh: Tensor, dc: Tensor) -> tuple[Tensor, Tensor]:
-        act, c_prev, tanh_c = ctx.saved_tensors
-        return _gates_backward(act, c_prev, tanh_c, dh, dc)
+from s2s.cells.lstm import LSTMCell, gates_backward, gates_forward, LSTMPointwise
 
 
 class _Sequence(torch.autograd.Function):
@@ -76,7 +38,7 @@ class _Sequence(torch.autograd.Function):
         w_hh_t = w_hh.t()
         for t in range(time):
             h, c = hs[t], cs[t]
-            act, c_new, tanh_c, h_new = _gates_forward(torch.addmm(xw[:, t], h, w_hh_t), c)
+            act, c_new, tanh_c, h_new = gates_forward(torch.addmm(xw[:, t], h, w_hh_t), c)
             keep = mask[:, t].unsqueeze(1)  # [B, 1] 1.0 at real steps
             acts[t], tanh_cs[t] = act, tanh_c
             out[:, t] = h_new * keep
@@ -98,7 +60,7 @@ class _Sequence(torch.autograd.Function):
             keep = mask[:, t].unsqueeze(1)
             d_h_new = (d_h + d_out[:, t]) * keep
             d_c_new = d_c * keep
-            d_gates, d_c_prev = _gates_backward(acts[t], cs[t], tanh_cs[t], d_h_new, d_c_new)
+            d_gates, d_c_prev = gates_backward(acts[t], cs[t], tanh_cs[t], d_h_new, d_c_new)
             d_gates_all[:, t] = d_gates
             d_c = d_c_prev + d_c * (1 - keep)
             d_h = torch.addmm(d_h * (1 - keep), d_gates, w_hh)
@@ -122,11 +84,11 @@ class FusedLSTMCell(LSTMCell):
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
-        # F.linear on the parameters themselves: under autocast their low-precision casts are
+        # linear on the parameters themselves: under autocast their low-precision casts are
         # cached for the whole autocast region instead of being redone at every step
-        gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh,
-                                                                      self.bias_hh)  # [B, 4H]
-        h, c = _Pointwise.apply(gates, c.to(gates.dtype))
+        gates = deferred.linear(x, self.weight_ih, self.bias_ih) \
+            + deferred.linear(h, self.weight_hh, self.bias_hh)  # [B, 4H]
+        h, c = LSTMPointwise.apply(gates, c.to(gates.dtype))
         return h, (h, c)
 
     def forward(self, x: Tensor, lengths: Tensor, state: State | None = None
