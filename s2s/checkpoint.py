@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,6 +21,41 @@ from s2s.errors import CheckpointError
 
 FORMAT = 1
 CHECKPOINT_DIR = "checkpoints"
+
+
+STEP_FILE = re.compile(r"step-(\d+)\.pt")
+
+
+def step_file(directory: str | Path, step: int) -> Path:
+    return Path(directory) / f"step-{step:07d}.pt"
+
+
+def step_files(directory: str | Path) -> dict[int, Path]:
+    """step -> checkpoints/step-N.pt files in `directory`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return {}
+    found = (STEP_FILE.fullmatch(p.name) for p in directory.iterdir())
+    return {int(m.group(1)): directory / m.group(0) for m in found if m}
+
+
+def link(src: str | Path, dst: str | Path) -> None:
+    """Point `dst` at the checkpoint `src` atomically: a hard link (no second copy on disk),
+    or a copy where the file system has no hard links."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        kept = "its previous version is intact" if dst.exists() else "it was not written"
+        raise CheckpointError(f"updating {dst} failed ({exc.strerror or exc}); {kept}. Free "
+                              f"disk space or choose another --run-dir") from exc
 
 
 def save(payload: dict[str, Any], path: str | Path) -> None:
@@ -87,3 +124,26 @@ def resolve(path: str | Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"{path}: no such run directory or checkpoint file")
     return path
+
+
+def average_run(run_dir: str | Path, last: int, output: str | Path) -> list[int]:
+    """Average the model parameters of the newest `last` step checkpoints of a run into
+    `output` (config, tokenizer and cell of the newest). Returns the steps averaged."""
+    files = step_files(Path(run_dir) / CHECKPOINT_DIR)
+    if not files:
+        raise CheckpointError(f"{run_dir}: no {CHECKPOINT_DIR}/step-N.pt checkpoints to average")
+    steps = sorted(files)[-last:]
+    newest = load(files[steps[-1]])
+    total = {k: v.double() for k, v in newest["model"].items()}
+    for step in steps[:-1]:
+        model = load(files[step])["model"]
+        if model.keys() != total.keys() or any(model[k].shape != total[k].shape for k in total):
+            raise CheckpointError(f"{files[step]} has other parameters than {files[steps[-1]]}; "
+                                  f"only checkpoints of one run can be averaged")
+        for k, v in model.items():
+            total[k] += v.double()
+    averaged = {k: (v / len(steps)).to(newest["model"][k].dtype) for k, v in total.items()}
+    keep = ("config", "spm", "cell", "versions", "step")
+    save({**{k: newest[k] for k in keep if k in newest}, "model": averaged,
+          "averaged_steps": steps}, output)
+    return steps

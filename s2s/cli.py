@@ -46,21 +46,51 @@ def main() -> None:
 
 @main.command()
 @click.argument("config_file", type=click.Path(dir_okay=False), required=False)
-@click.option("--run-dir", required=True, type=click.Path(file_okay=False),
+@click.option("--run-dir", type=click.Path(file_okay=False),
               help="Directory for checkpoints, SentencePiece models, config and TensorBoard events.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Continue the run in this directory from its last checkpoint (its own config "
+                   "unless CONFIG_FILE is given; --set may change budgets and intervals).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.max_steps=1000 (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bar or console log.")
-def train(config_file: str | None, run_dir: str, overrides: tuple[str, ...], quiet: bool) -> None:
-    """Train a model from CONFIG_FILE (YAML) into --run-dir."""
-    from s2s import config
-    from s2s.train import train as run_training
+def train(config_file: str | None, run_dir: str | None, resume_dir: str | None,
+          overrides: tuple[str, ...], quiet: bool) -> None:
+    """Train a model from CONFIG_FILE (YAML) into --run-dir, or continue one with --resume.
 
-    cfg = config.load(config_file, overrides)
-    result = run_training(cfg, run_dir, console=not quiet)
+    SIGINT/SIGTERM finish the current step, save a checkpoint and exit 0."""
+    from s2s import config
+    from s2s import train as training
+
+    if bool(run_dir) == bool(resume_dir):
+        raise click.UsageError("give exactly one of --run-dir (a new run) and --resume RUN")
+    if resume_dir:
+        result = training.resume(resume_dir, config_file, overrides, console=not quiet)
+    else:
+        result = training.train(config.load(config_file, overrides), run_dir, console=not quiet)
+    run = run_dir or resume_dir
+    if str(result["stopped_by"]).startswith("SIG"):  # SIGINT / SIGTERM: saved, exit 0
+        click.echo(f"{result['stopped_by']}: stopped after step {result['step']}; saved "
+                   f"{result['checkpoint']}. Resume with: s2s train --resume {run}", err=True)
+        return
+    where = Path(run) / "checkpoints"
     shown = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                       for k, v in result.items())
-    click.echo(f"done: {shown}; checkpoints in {Path(run_dir) / 'checkpoints'}", err=True)
+    click.echo(f"done: {shown}; checkpoints in {where}", err=True)
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--last", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Average the newest N step checkpoints of RUN.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The averaged checkpoint (usable by `s2s translate`).")
+def average(run: str, last: int, output: str) -> None:
+    """Average the parameters of RUN's last N checkpoints into one checkpoint."""
+    from s2s import checkpoint
+
+    steps = checkpoint.average_run(run, last, output)
+    click.echo(f"averaged steps {', '.join(map(str, steps))} into {output}", err=True)
 
 
 @main.command()

@@ -77,11 +77,22 @@ class TrainConfig:
     label_smoothing: float = 0.0
     normalization: Literal["tokens", "sents"] = "tokens"
     precision: Literal["fp32", "bf16"] = "fp32"
+    accum_steps: int = 1  # batches whose gradients are summed into one optimizer step
+    schedule: Literal["constant", "plateau", "inverse_sqrt", "linear"] = "constant"
+    warmup_steps: int = 0  # linear warm-up (constant, inverse_sqrt, linear schedules)
+    decay_factor: float = 0.5  # plateau: lr *= decay_factor after `decay_patience` bad validations
+    decay_patience: int = 2
+    min_lr: float = 0.0
     log_every: int = 100
     checkpoint_every: int = 1000
     validate_every: int = 1000
     valid_bleu: bool = True  # greedy-decode the validation set and report BLEU/chrF
     valid_batch_size: int = 64
+    metric: Literal["bleu", "chrf", "loss"] = "bleu"  # picks best checkpoints and early stopping
+    patience: int = 0  # stop after this many validations without improvement; 0: never
+    keep_last: int = 3  # periodic checkpoints kept (checkpoints/step-N.pt; last.pt links the newest)
+    keep_best: int = 1  # best checkpoints kept by `metric` (best.pt links the best)
+    max_nonfinite: int = 10  # non-finite losses in a row that stop the run (each is skipped)
     seed: int = 1234
     threads: int = 0  # torch intra-op threads; 0: torch's default
 
@@ -97,12 +108,14 @@ POSITIVE = {
     "data.vocab_size", "data.max_len", "data.spm_input_sentence_size", "model.emb_size",
     "model.hidden_size", "model.layers", "train.batch_size", "train.lr", "train.log_every",
     "train.checkpoint_every", "train.validate_every", "train.valid_batch_size",
+    "train.accum_steps", "train.keep_last", "train.keep_best", "train.max_nonfinite",
 }
 NON_NEGATIVE = {
     "train.max_steps", "train.max_time", "train.max_epochs", "train.clip_norm",
-    "train.weight_decay", "model.init_range", "train.threads",
+    "train.weight_decay", "model.init_range", "train.threads", "train.warmup_steps",
+    "train.patience", "train.min_lr", "train.decay_patience",
 }
-UNIT_INTERVAL = {"model.dropout", "train.label_smoothing"}
+UNIT_INTERVAL = {"model.dropout", "train.label_smoothing", "train.decay_factor"}
 
 
 def _type_ok(value: Any, hint: Any) -> tuple[bool, Any]:
@@ -185,6 +198,16 @@ def _check_cross_field(cfg: Config, problems: list[str]) -> None:
         value = getattr(cfg.model, key)
         if value is not None and value <= 0:
             problems.append(f"'model.{key}' must be > 0 or null, got {value}")
+    t = cfg.train
+    if t.metric != "loss" and not t.valid_bleu:
+        problems.append(f"'train.metric' {t.metric!r} needs 'train.valid_bleu: true' (validation "
+                        f"decoding); set train.metric=loss or train.valid_bleu=true")
+    if t.schedule == "linear" and not t.max_steps:
+        problems.append("'train.schedule' 'linear' decays to 0 at train.max_steps: set "
+                        "train.max_steps > 0")
+    if t.schedule == "plateau" and t.warmup_steps:
+        problems.append("'train.warmup_steps' is not used by the 'plateau' schedule: set it to 0 "
+                        "or choose constant, inverse_sqrt or linear")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

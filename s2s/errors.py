@@ -21,3 +21,7 @@ class PluginError(S2SError):
 
 class CheckpointError(S2SError):
     """A checkpoint or run directory is missing, corrupt, unsafe or incompatible."""
+
+
+class TrainingError(S2SError):
+    """Training cannot go on (e.g. the loss stays non-finite)."""

@@ -1,6 +1,8 @@
-"""Monitoring: TensorBoard event files and a console progress bar with rate and ETA."""
+"""Monitoring: TensorBoard event files, a JSON-lines log and a console progress bar with rate
+and ETA."""
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -8,31 +10,51 @@ from typing import Any
 
 
 class Monitor:
-    """TensorBoard scalars/text plus a tqdm bar over steps (or seconds, for a time budget)."""
+    """TensorBoard scalars/text/images/hparams, the same scalars as JSON lines (full precision,
+    for scripts), plus a tqdm bar over steps (or seconds, for a time budget)."""
 
-    def __init__(self, log_dir: str | Path, *, max_steps: int = 0, max_time: float = 0.0,
-                 console: bool = True, start_step: int = 0) -> None:
+    def __init__(self, log_dir: str | Path, *, jsonl: str | Path | None = None,
+                 max_steps: int = 0, max_time: float = 0.0, console: bool = True,
+                 start_step: int = 0, start_time: float = 0.0, purge_step: int | None = None
+                 ) -> None:
         from torch.utils.tensorboard import SummaryWriter  # heavy: imported on training paths only
         from tqdm import tqdm
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        # purge_step: a resumed run hides the events a killed run wrote after its checkpoint
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        self.jsonl = open(jsonl, "a", encoding="utf-8") if jsonl else None
         self.by_time = not max_steps and bool(max_time)
         total = int(max_time) if self.by_time else (max_steps or None)
-        self.bar = tqdm(total=total, initial=0 if self.by_time else start_step,
+        self.bar = tqdm(total=total, initial=int(start_time) if self.by_time else start_step,
                         unit="s" if self.by_time else "step", dynamic_ncols=True,
-                        disable=not console or not sys.stderr.isatty(), file=sys.stderr, mininterval=1.0,
+                        disable=not console or not sys.stderr.isatty(), file=sys.stderr,
+                        mininterval=1.0,
                         bar_format=None if not self.by_time else
                         "{l_bar}{bar}| {n:.0f}/{total_fmt}s [{elapsed}<{remaining}{postfix}]")
         self.console = console
         self.started = time.monotonic()
-        self.last_n = 0.0
+        self.last_n = float(int(start_time)) if self.by_time else 0.0
+
+    def record(self, values: dict[str, Any]) -> None:
+        """One line of the JSON-lines log."""
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps(values) + "\n")
+            self.jsonl.flush()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
+        self.record({"step": step, **values})
 
     def text(self, step: int, tag: str, text: str) -> None:
         self.writer.add_text(tag, text, step)
+
+    def image(self, step: int, tag: str, image) -> None:
+        """image: a [H, W] tensor with values in [0, 1]."""
+        self.writer.add_image(tag, image, step, dataformats="HW")
+
+    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        self.writer.add_hparams(hparams, metrics, run_name="hparams")
 
     def advance(self, step: int, elapsed: float, postfix: dict[str, Any]) -> None:
         if self.by_time:
@@ -51,3 +73,5 @@ class Monitor:
         self.bar.close()
         self.writer.flush()
         self.writer.close()
+        if self.jsonl is not None:
+            self.jsonl.close()

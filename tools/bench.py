@@ -50,7 +50,7 @@ def main() -> None:
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="s2s-bench-"))
     overrides = [*args.overrides, f"train.max_steps={args.train_steps}",
                  f"train.max_time={args.train_seconds}", f"train.threads={args.threads}",
-                 "train.valid_bleu=false"]
+                 "train.valid_bleu=false", "train.metric=loss"]
     try:
         cfg = config.load(args.config, overrides)
         started = time.monotonic()
