@@ -47,7 +47,7 @@ def main() -> None:
 @main.command()
 @click.argument("config_file", type=click.Path(dir_okay=False), required=False)
 @click.option("--run-dir", type=click.Path(file_okay=False),
-              help="Directory for checkpoints, SentencePiece models, config and TensorBoard events.")
+              help="New run directory: checkpoints, SentencePiece models, config, TensorBoard.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue the run in this directory from its last checkpoint (its own config "
                    "unless CONFIG_FILE is given; --set may change budgets and intervals).")
@@ -93,47 +93,127 @@ def average(run: str, last: int, output: str) -> None:
     click.echo(f"averaged steps {', '.join(map(str, steps))} into {output}", err=True)
 
 
+def _open_input(path: str):
+    try:
+        return sys.stdin.buffer if path == "-" else open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"--input {path}: cannot open ({exc.strerror})") from exc
+
+
+def _open_output(path: str):
+    if path == "-":
+        return sys.stdout
+    try:
+        return open(path, "w", encoding="utf-8", newline="\n")
+    except OSError as exc:
+        raise DataError(f"--output {path}: cannot open ({exc.strerror})") from exc
+
+
 @main.command()
-@click.argument("model", type=click.Path())
+@click.argument("models", nargs=-1, required=True, type=click.Path())
 @click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False), default="-",
               help="Source text, one sentence per line (default: stdin).")
 @click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False), default="-",
               help="Where translations go, one line per input line (default: stdout).")
 @click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--nbest", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Hypotheses per line (at most --beam; with --sample: samples); >1 writes "
+                   "JSON lines.")
+@click.option("--length-penalty", type=click.Choice(["none", "average", "gnmt"]), default="none",
+              show_default=True, help="average: log-prob / length; gnmt: / ((5+len)/6)^alpha.")
+@click.option("--alpha", type=click.FloatRange(min=0), default=0.6, show_default=True)
+@click.option("--coverage-penalty", type=click.FloatRange(min=0), default=0.0,
+              show_default=True, help="GNMT coverage penalty beta (0: off).")
+@click.option("--min-len", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Output pieces before EOS is allowed.")
+@click.option("--max-len-a", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Output limit: a * source pieces + b.")
+@click.option("--max-len-b", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--sample", is_flag=True, help="Sample instead of searching.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True)
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0,
+              show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for --sample.")
+@click.option("--output-scores", is_flag=True,
+              help="JSON lines with translation, score and log_prob.")
+@click.option("--output-alignments", is_flag=True,
+              help="JSON lines with the attention alignment and the pieces (implies scores).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Sentences per batch.")
+              help="Sentences per batch (the input is sorted by length within a batch window).")
+@click.option("--max-tokens", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also cap a batch at this many padded source pieces (0: no cap).")
 @click.option("--max-src-len", type=click.IntRange(min=0), default=None,
               help="Truncate longer sources (pieces); 0: never. Default: 2x the training limit.")
 @click.option("--threads", type=click.IntRange(min=0), default=0,
               help="torch threads (0: torch's default).")
-def translate(model: str, input_path: str, output_path: str, beam: int, batch_size: int,
-              max_src_len: int | None, threads: int) -> None:
-    """Translate with MODEL (a run directory or a checkpoint file)."""
+def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: int, nbest: int,
+              length_penalty: str, alpha: float, coverage_penalty: float, min_len: int,
+              max_len_a: float, max_len_b: int, sample: bool, temperature: float, top_k: int,
+              top_p: float, seed: int | None, output_scores: bool, output_alignments: bool,
+              batch_size: int, max_tokens: int, max_src_len: int | None, threads: int) -> None:
+    """Translate with MODELS (run directories or checkpoint files; several: an ensemble).
+
+    Writes exactly one line per input line: the translation, or a JSON object with
+    --output-scores / --output-alignments / --nbest > 1."""
     from s2s.translate import Translator, set_threads
 
+    if nbest > beam and not sample:
+        raise click.BadParameter(f"--nbest {nbest} needs --beam >= {nbest} (or --sample)",
+                                 param_hint="--nbest")
     set_threads(threads)
-    translator = Translator.from_run(model)
-    options = dict(beam=beam, batch_size=batch_size, max_src_len=max_src_len)
+    translator = Translator.from_run(list(models))
+    options = dict(beam=beam, nbest=nbest, length_penalty=length_penalty, alpha=alpha,
+                   coverage_penalty=coverage_penalty, min_len=min_len, max_len_a=max_len_a,
+                   max_len_b=max_len_b, sampling=sample, temperature=temperature, top_k=top_k,
+                   top_p=top_p, seed=seed, attention=output_alignments,
+                   max_tokens=max_tokens, max_src_len=max_src_len)
+    json_lines = output_scores or output_alignments or nbest > 1
+    source = _open_input(input_path)
     try:
-        source = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
-    except OSError as exc:
-        raise DataError(f"--input {input_path}: cannot open ({exc.strerror})") from exc
-    chunk = 1 if input_path == "-" and sys.stdin.isatty() else 1024
-    try:
-        if output_path == "-":
-            translator.translate_stream(source, sys.stdout, chunk_lines=chunk, **options)
-        else:
-            try:
-                sink = open(output_path, "w", encoding="utf-8", newline="\n")
-            except OSError as exc:
-                raise DataError(f"--output {output_path}: cannot open ({exc.strerror})") from exc
-            with sink:
-                translator.translate_stream(source, sink, chunk_lines=chunk, **options)
+        sink = _open_output(output_path)
+        try:
+            translator.translate_stream(source, sink, batch_lines=batch_size,
+                                        json_lines=json_lines, batch_size=batch_size, **options)
+        finally:
+            if sink is not sys.stdout:
+                sink.close()
     except OSError as exc:
         raise DataError(f"reading {input_path} failed ({exc.strerror or exc})") from exc
     finally:
         if source is not sys.stdin.buffer:
             source.close()
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.option("-i", "--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="Source sentences, one per line.")
+@click.option("-r", "--targets", "targets_path", required=True,
+              type=click.Path(dir_okay=False), help="Target sentences to score, line-aligned.")
+@click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False), default="-",
+              help="One log-probability per line (default: stdout).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+def score(models: tuple[str, ...], input_path: str, targets_path: str, output_path: str,
+          batch_size: int) -> None:
+    """Forced decoding: the log-probability of each target line given its source line."""
+    from s2s.data import read_lines
+    from s2s.translate import Translator
+
+    sources, targets = read_lines(input_path), read_lines(targets_path)
+    if len(sources) != len(targets):
+        raise DataError(f"{input_path} has {len(sources)} lines but {targets_path} has "
+                        f"{len(targets)}: sources and targets must be line-aligned")
+    translator = Translator.from_run(list(models))
+    values = translator.score(sources, targets, batch_size=batch_size)
+    sink = _open_output(output_path)
+    try:
+        for value in values:
+            sink.write(f"{value:.6f}\n")
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
 
 
 @main.command()

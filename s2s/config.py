@@ -90,7 +90,7 @@ class TrainConfig:
     valid_batch_size: int = 64
     metric: Literal["bleu", "chrf", "loss"] = "bleu"  # picks best checkpoints and early stopping
     patience: int = 0  # stop after this many validations without improvement; 0: never
-    keep_last: int = 3  # periodic checkpoints kept (checkpoints/step-N.pt; last.pt links the newest)
+    keep_last: int = 3  # periodic checkpoints kept (checkpoints/step-N.pt; last.pt: the newest)
     keep_best: int = 1  # best checkpoints kept by `metric` (best.pt links the best)
     max_nonfinite: int = 10  # non-finite losses in a row that stop the run (each is skipped)
     seed: int = 1234

@@ -1,22 +1,67 @@
-"""Greedy and batched beam search. Search sees only the model's encode / step / reorder.
+"""Greedy search, batched beam search, sampling and forced scoring. Search sees only the
+model's encode / step / reorder (an `Ensemble` offers the same three).
 
-Legend: B batch (sentences still searching), K beam, V target vocabulary, S source length.
-Scores are sums of token log-probabilities, EOS included.
+Legend: B batch (sentences still searching), K beam, V target vocabulary, S source length,
+T target length. A hypothesis's `log_prob` is the sum of its token log-probabilities, EOS
+included; its `score` ranks it: log_prob / length penalty + coverage penalty.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from s2s.tokenizer import BOS, EOS
+from s2s.tokenizer import BOS, EOS, PAD
 
 
 @dataclass
 class Hypothesis:
     tokens: list[int]  # without BOS/EOS
     score: float
+    log_prob: float = 0.0
+    attention: list[list[float]] | None = None  # [len(tokens) + 1, S] when asked for
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    beam: int = 1
+    nbest: int = 1  # hypotheses returned per sentence (at most `beam`; samples when sampling)
+    length_penalty: str = "none"  # none | average | gnmt
+    alpha: float = 0.6  # gnmt: ((5 + len) / 6) ** alpha
+    coverage_penalty: float = 0.0  # beta of GNMT's coverage penalty; 0: off
+    min_len: int = 0  # tokens before EOS is allowed (EOS not counted)
+    max_len_a: float = 2.0  # output limit a * |source| + b tokens, EOS included
+    max_len_b: int = 10
+    sampling: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0: the whole vocabulary
+    top_p: float = 1.0
+    seed: int | None = None
+    attention: bool = False  # return each hypothesis's attention weights
+
+
+LENGTH_PENALTIES = ("none", "average", "gnmt")
+
+
+def length_penalty(lengths: Tensor, kind: str, alpha: float) -> Tensor:
+    """Divisor of a hypothesis's log-probability; lengths count EOS. Non-decreasing in length."""
+    lengths = lengths.float()
+    if kind == "average":
+        return lengths
+    if kind == "gnmt":
+        return ((5.0 + lengths) / 6.0) ** alpha
+    return torch.ones_like(lengths)
+
+
+def coverage_penalty(coverage: Tensor, src_mask: Tensor, beta: float) -> Tensor:
+    """GNMT: beta * sum over source positions of log(min(attention received, 1)); <= 0.
+    coverage [N, S], src_mask [N, S] (True = real position) -> [N]."""
+    if not beta:
+        return coverage.new_zeros(coverage.shape[0])
+    covered = coverage.clamp(min=1e-9, max=1.0).log().masked_fill(~src_mask, 0.0)
+    return beta * covered.sum(dim=1)
 
 
 def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
@@ -24,81 +69,165 @@ def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
     return (src_lengths.float() * a + b).floor().long().clamp(min=1)
 
 
+def _restrict(log_probs: Tensor, t: int, limits: Tensor, min_len: int) -> Tensor:
+    """At step t (0-based): only EOS where the limit is reached; no EOS before min_len."""
+    eos_col = torch.arange(log_probs.shape[1], device=log_probs.device) == EOS  # [V]
+    at_limit = (limits <= t + 1).unsqueeze(1)  # [N, 1]
+    log_probs = torch.where(at_limit & ~eos_col, float("-inf"), log_probs)
+    if t < min_len:
+        log_probs = torch.where(~at_limit & eos_col, float("-inf"), log_probs)
+    return log_probs
+
+
 @torch.no_grad()
-def greedy(model, src: Tensor, src_lengths: Tensor, *, max_len_a: float = 2.0,
-           max_len_b: int = 10) -> list[Hypothesis]:
+def greedy(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions = SearchOptions()
+           ) -> list[list[Hypothesis]]:
+    """Argmax decoding (or sampling, with opts.sampling) with a shrinking batch: sentences that
+    end leave it."""
     enc, state = model.encode(src, src_lengths)
-    limits = max_lengths(src_lengths, max_len_a, max_len_b)
-    batch = src.shape[0]
+    device, batch = src.device, src.shape[0]
+    limits = max_lengths(src_lengths, opts.max_len_a, opts.max_len_b).to(device)
+    generator = None
+    if opts.sampling and opts.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(opts.seed)
     results: list[Hypothesis | None] = [None] * batch
-    active = torch.arange(batch)  # original positions of the rows still decoding
-    tokens = torch.full((batch,), BOS, dtype=torch.long, device=src.device)
+    active = torch.arange(batch, device=device)  # original positions of the rows still decoding
+    tokens = torch.full((batch,), BOS, dtype=torch.long, device=device)
     history = tokens.new_empty(batch, 0)  # [B, t]
-    scores = torch.zeros(batch)
+    scores = torch.zeros(batch, device=device)
+    attn = [] if opts.attention else None  # per step: [B_t, S] rows of the active sentences
+    attn_rows: list[Tensor] = []  # per step: which sentence each row belongs to
     for t in range(int(limits.max())):
-        log_probs, state, _ = model.step(tokens, enc, state)  # [B, V]
-        at_limit = (limits[active] <= t + 1).to(log_probs.device)
-        if at_limit.any():
-            log_probs[at_limit] = torch.where(
-                torch.arange(log_probs.shape[1], device=log_probs.device) == EOS,
-                log_probs[at_limit], float("-inf"))
-        best, tokens = log_probs.max(dim=-1)  # [B]
-        scores = scores + best.cpu()
+        log_probs, state, weights = model.step(tokens, enc, state)  # [B, V]
+        log_probs = _restrict(log_probs, t, limits[active], opts.min_len)
+        if opts.sampling:
+            tokens = _sample(log_probs, opts, generator)
+            best = log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+        else:
+            best, tokens = log_probs.max(dim=-1)  # [B]
+        scores = scores + best
         history = torch.cat([history, tokens.unsqueeze(1)], dim=1)
-        ended = (tokens == EOS).cpu()
+        if attn is not None:
+            attn.append(weights.float())
+            attn_rows.append(active)
+        ended = tokens == EOS
         if ended.any():
             for row in ended.nonzero().flatten().tolist():
-                results[active[row]] = Hypothesis(history[row, :-1].tolist(), float(scores[row]))
+                length = history.shape[1]
+                results[int(active[row])] = Hypothesis(
+                    history[row, :-1].tolist(), float(scores[row]), float(scores[row]),
+                    _gather_attention(attn, attn_rows, int(active[row]), length))
             keep = (~ended).nonzero().flatten()
             if keep.numel() == 0:
                 break
-            active, scores, history = active[keep], scores[keep], history[keep]
-            idx = keep.to(src.device)
-            tokens, enc, state = tokens[idx], model.reorder(enc, idx), model.reorder(state, idx)
-    return [r if r is not None else Hypothesis([], float("-inf")) for r in results]
+            active, scores, history, tokens = active[keep], scores[keep], history[keep], \
+                tokens[keep]
+            enc, state = model.reorder(enc, keep), model.reorder(state, keep)
+    out = [r if r is not None else Hypothesis([], float("-inf"), float("-inf")) for r in results]
+    penalised = _rescore(out, src_lengths, opts)
+    return [[h] for h in penalised]
+
+
+def _gather_attention(attn, attn_rows, sentence: int, length: int) -> list[list[float]] | None:
+    """The attention rows of one greedy hypothesis over its `length` steps."""
+    if attn is None:
+        return None
+    rows = []
+    for weights, active in zip(attn[-length:], attn_rows[-length:]):
+        row = (active == sentence).nonzero().flatten()
+        rows.append(weights[int(row[0])].tolist())
+    return rows
+
+
+def _rescore(hyps: list[Hypothesis], src_lengths: Tensor, opts: SearchOptions
+             ) -> list[Hypothesis]:
+    """Greedy/sampled hypotheses' scores with the length penalty (coverage needs attention)."""
+    if opts.length_penalty == "none":
+        return hyps
+    for h in hyps:
+        if math.isfinite(h.log_prob):
+            lp = float(length_penalty(torch.tensor([len(h.tokens) + 1]), opts.length_penalty,
+                                      opts.alpha)[0])
+            h.score = h.log_prob / lp
+    return hyps
+
+
+def _sample(log_probs: Tensor, opts: SearchOptions, generator) -> Tensor:
+    """One token per row from softmax(log_probs / temperature), restricted to the top-k and
+    to the smallest set with probability >= top_p."""
+    logits = log_probs / max(opts.temperature, 1e-6)
+    if opts.top_k:
+        kth = logits.topk(min(opts.top_k, logits.shape[1]), dim=1).values[:, -1:]  # [N, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if opts.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=1, descending=True)
+        probs = sorted_logits.softmax(dim=1)
+        before = probs.cumsum(dim=1) - probs  # mass of the better tokens
+        sorted_logits = sorted_logits.masked_fill(before >= opts.top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
 
 
 @torch.no_grad()
-def beam_search(model, src: Tensor, src_lengths: Tensor, *, beam: int = 5,
-                max_len_a: float = 2.0, max_len_b: int = 10) -> list[Hypothesis]:
-    """Batched beam search over [B*K] rows. A hypothesis finishes when EOS is among the K best
-    candidates of its sentence (so beam 1 equals greedy); a sentence is done when its best
-    finished score is at least its best live score (scores only fall, so this is exact)."""
-    if beam == 1:
-        return greedy(model, src, src_lengths, max_len_a=max_len_a, max_len_b=max_len_b)
-    device, batch, k = src.device, src.shape[0], beam
+def beam_search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions
+                ) -> list[list[Hypothesis]]:
+    """Batched beam search over [B*K] rows.
+
+    A hypothesis finishes when EOS is among the K best candidates of its sentence (so beam 1
+    equals greedy). Live hypotheses are ranked by log-probability; finished ones by score. A
+    sentence is done when its n-th best finished score is at least the best score any live
+    hypothesis could still reach (log-probabilities only fall, the length penalty is largest at
+    the length limit and the coverage penalty is at most 0), so the search is exact."""
+    device, batch, k = src.device, src.shape[0], opts.beam
+    nbest = min(opts.nbest, k)
     enc, state = model.encode(src, src_lengths)
     expand = torch.arange(batch, device=device).repeat_interleave(k)  # [B*K]
     enc, state = model.reorder(enc, expand), model.reorder(state, expand)
-    limits = max_lengths(src_lengths, max_len_a, max_len_b).to(device)  # [B]
+    limits = max_lengths(src_lengths, opts.max_len_a, opts.max_len_b).to(device)  # [B]
+    src_mask = (torch.arange(src.shape[1], device=device).unsqueeze(0)
+                < src_lengths.to(device).unsqueeze(1)).repeat_interleave(k, 0)  # [B*K, S]
     scores = torch.full((batch, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one
     tokens = torch.full((batch * k,), BOS, dtype=torch.long, device=device)
     history = tokens.new_empty(batch * k, 0)  # [B*K, t]
-    best_score = torch.full((batch,), float("-inf"), device=device)
-    best: list[list[int]] = [[] for _ in range(batch)]
+    track = opts.attention or bool(opts.coverage_penalty)
+    coverage = torch.zeros(batch * k, src.shape[1], device=device) if track else None
+    attn = torch.zeros(batch * k, 0, src.shape[1], device=device) if opts.attention else None
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    worst_kept = torch.full((batch,), float("-inf"), device=device)  # n-th best finished score
     active = torch.arange(batch, device=device)
+    lp_limit = length_penalty(limits, opts.length_penalty, opts.alpha)  # [B]
     for t in range(int(limits.max())):
-        log_probs, state, _ = model.step(tokens, enc, state)  # [B*K, V]
-        vocab = log_probs.shape[1]
-        at_limit = (limits[active] <= t + 1).repeat_interleave(k)  # [B*K]
-        if at_limit.any():
-            only_eos = torch.full_like(log_probs[0], float("-inf"))
-            only_eos[EOS] = 0.0
-            log_probs = torch.where(at_limit.unsqueeze(1), log_probs + only_eos, log_probs)
-        n = len(active)
+        log_probs, state, weights = model.step(tokens, enc, state)  # [B*K, V]
+        vocab, n = log_probs.shape[1], len(active)
+        log_probs = _restrict(log_probs, t, limits[active].repeat_interleave(k), opts.min_len)
+        if track:
+            coverage = coverage + weights.float()
+        if attn is not None:
+            attn = torch.cat([attn, weights.float().unsqueeze(1)], dim=1)
         cand = (scores.view(-1, 1) + log_probs).view(n, k * vocab)  # [B, K*V]
         top_s, top_i = cand.topk(min(2 * k, k * vocab), dim=1)  # [B, 2K]
         from_beam, token = top_i // vocab, top_i % vocab
         is_eos = token == EOS
         # finished hypotheses: EOS among the K best candidates
-        eos_s = top_s.masked_fill(~is_eos, float("-inf"))[:, :k]  # [B, K]
-        eos_best, eos_at = eos_s.max(dim=1)
-        improved = (eos_best > best_score[active]).nonzero().flatten()
-        for row in improved.tolist():
-            source = row * k + int(from_beam[row, eos_at[row]])
-            best[int(active[row])] = history[source].tolist()
-            best_score[active[row]] = eos_best[row]
+        eos_rows, eos_cols = (is_eos[:, :k] & top_s[:, :k].isfinite()).nonzero(as_tuple=True)
+        if eos_rows.numel():
+            source = eos_rows * k + from_beam[eos_rows, eos_cols]  # [E] rows of [B*K]
+            raw = top_s[eos_rows, eos_cols]
+            lp = length_penalty(torch.full_like(raw, t + 1), opts.length_penalty, opts.alpha)
+            final = raw / lp
+            if opts.coverage_penalty:
+                final = final + coverage_penalty(coverage[source], src_mask[source],
+                                                 opts.coverage_penalty)
+            for e in (final > worst_kept[active[eos_rows]]).nonzero().flatten().tolist():
+                sentence = int(active[eos_rows[e]])
+                row = int(source[e])
+                hyp = Hypothesis(history[row].tolist(), float(final[e]), float(raw[e]),
+                                 attn[row].tolist() if attn is not None else None)
+                kept = sorted([*finished[sentence], hyp], key=lambda h: -h.score)[:nbest]
+                finished[sentence] = kept
+                if len(kept) == nbest:
+                    worst_kept[sentence] = kept[-1].score
         # live hypotheses: the K best candidates that did not end
         live_s, pick = top_s.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # [B, K]
         rows = (torch.arange(n, device=device).unsqueeze(1) * k
@@ -106,7 +235,15 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, *, beam: int = 5,
         tokens = token.gather(1, pick).view(-1)
         history = torch.cat([history.index_select(0, rows), tokens.unsqueeze(1)], dim=1)
         state, scores = model.reorder(state, rows), live_s
-        done = best_score[active] >= live_s[:, 0]  # [B]
+        if coverage is not None:
+            coverage = coverage.index_select(0, rows)
+        if attn is not None:
+            attn = attn.index_select(0, rows)
+        # the best score a live hypothesis can still reach: its log-prob (only falls) over the
+        # largest length penalty (at the limit); coverage penalties are <= 0
+        reachable = torch.where(live_s[:, 0] < 0, live_s[:, 0] / lp_limit[active],
+                                live_s[:, 0])
+        done = (worst_kept[active] >= reachable) | ~live_s[:, 0].isfinite()  # [B]
         if done.all():
             break
         if done.any():
@@ -115,12 +252,59 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, *, beam: int = 5,
             active, scores = active[keep], scores[keep]
             tokens, history = tokens[keep_rows], history[keep_rows]
             enc, state = model.reorder(enc, keep_rows), model.reorder(state, keep_rows)
-    return [Hypothesis(best[i], float(best_score[i])) for i in range(batch)]
+            src_mask = src_mask[keep_rows]
+            if coverage is not None:
+                coverage = coverage[keep_rows]
+            if attn is not None:
+                attn = attn[keep_rows]
+    return [hyps or [Hypothesis([], float("-inf"), float("-inf"))] for hyps in finished]
 
 
-def search(model, src: Tensor, src_lengths: Tensor, *, beam: int = 1, max_len_a: float = 2.0,
-           max_len_b: int = 10) -> list[Hypothesis]:
-    if beam <= 1:
-        return greedy(model, src, src_lengths, max_len_a=max_len_a, max_len_b=max_len_b)
-    return beam_search(model, src, src_lengths, beam=beam, max_len_a=max_len_a,
-                       max_len_b=max_len_b)
+def search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions = SearchOptions()
+           ) -> list[list[Hypothesis]]:
+    """Up to opts.nbest hypotheses per sentence, best first."""
+    if opts.sampling:
+        if opts.nbest <= 1:
+            return greedy(model, src, src_lengths, opts)
+        repeat = torch.arange(src.shape[0], device=src.device).repeat_interleave(opts.nbest)
+        samples = greedy(model, src.index_select(0, repeat), src_lengths.index_select(0, repeat),
+                         opts)
+        return [sorted((s[0] for s in samples[i * opts.nbest:(i + 1) * opts.nbest]),
+                       key=lambda h: -h.score) for i in range(src.shape[0])]
+    if opts.beam <= 1 and not opts.coverage_penalty:
+        return greedy(model, src, src_lengths, opts)
+    return beam_search(model, src, src_lengths, opts)
+
+
+@torch.no_grad()
+def score(model, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
+    """Forced decoding: the log-probability of each given target (EOS included). [B]"""
+    enc, state = model.encode(src, src_lengths)
+    total = torch.zeros(src.shape[0], device=src.device, dtype=torch.float64)
+    for t in range(tgt_in.shape[1]):
+        log_probs, state, _ = model.step(tgt_in[:, t], enc, state)  # [B, V]
+        gold = tgt_out[:, t]
+        picked = log_probs.gather(1, gold.clamp(min=0).unsqueeze(1)).squeeze(1)
+        total = total + picked.masked_fill(gold == PAD, 0.0).double()
+    return total
+
+
+class Ensemble:
+    """Several models sharing a target vocabulary, searched as one: log-probabilities (and
+    attention weights) are averaged at every step."""
+
+    def __init__(self, models: list) -> None:
+        self.models = models
+
+    def encode(self, src: Tensor, src_lengths: Tensor):
+        pairs = [m.encode(src, src_lengths) for m in self.models]
+        return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+
+    def step(self, tokens: Tensor, enc, state):
+        outs = [m.step(tokens, e, s) for m, e, s in zip(self.models, enc, state)]
+        log_probs = torch.stack([o[0] for o in outs]).mean(dim=0)
+        weights = torch.stack([o[2].float() for o in outs]).mean(dim=0)
+        return log_probs, tuple(o[1] for o in outs), weights
+
+    def reorder(self, obj, index: Tensor):
+        return tuple(m.reorder(o, index) for m, o in zip(self.models, obj))

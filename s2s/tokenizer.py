@@ -85,6 +85,12 @@ class Side:
             ids = [self.to_spm[np.asarray(s, dtype=np.int64)].tolist() if s else [] for s in ids]
         return self.processor.decode(ids)
 
+    def pieces(self, ids: list[int]) -> list[str]:
+        """Model ids -> piece strings."""
+        spm_ids = self.to_spm[np.asarray(ids, dtype=np.int64)].tolist() \
+            if self.kept is not None and ids else ids
+        return [self.processor.id_to_piece(int(i)) for i in spm_ids]
+
     def seen(self, lines: Iterable[str], chunk: int = 10_000) -> list[int]:
         """Sorted SentencePiece ids occurring in `lines`, specials included."""
         found = np.zeros(self.processor.get_piece_size(), dtype=bool)

@@ -142,7 +142,8 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Keys (outside RESUMABLE) whose values differ between two config dicts."""
     a, b = _flat(old), _flat(new)
-    return [f"{key} (run: {a.get(key)!r}, now: {b.get(key)!r})" for key in sorted(a.keys() | b.keys())
+    keys = sorted(a.keys() | b.keys())
+    return [f"{key} (run: {a.get(key)!r}, now: {b.get(key)!r})" for key in keys
             if key not in RESUMABLE and a.get(key) != b.get(key)]
 
 
@@ -222,7 +223,7 @@ class Trainer:
         self.resume_from = resume  # the payload of the checkpoint to continue from
         self.ckpt_dir = self.run_dir / checkpoint.CHECKPOINT_DIR
         self.step = self.epoch = self.batch_pos = 0  # batch_pos: next batch of this epoch
-        self.best_kept: list[list[float]] = []  # [metric, step] of kept best checkpoints, best first
+        self.best_kept: list[list[float]] = []  # [metric, step] of the kept best, best first
         self.bad_validations = 0  # validations since the last improvement
         self.nonfinite = self.skipped = 0  # non-finite steps in a row / in total
         self.elapsed_before = 0.0  # training seconds of earlier sessions of this run

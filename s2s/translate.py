@@ -7,8 +7,10 @@ unreadable file is an error.
 """
 from __future__ import annotations
 
+import io
+import json
 import logging
-import sys
+import os
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
@@ -23,37 +25,68 @@ from s2s.tokenizer import Tokenizer
 log = logging.getLogger("s2s")
 
 
-def translate_lines(model: Seq2Seq, tokenizer: Tokenizer, lines: list[str], *, beam: int = 1,
-                    batch_size: int = 64, max_src_len: int = 0, max_len_a: float = 2.0,
-                    max_len_b: int = 10, first_line: int = 1) -> list[str]:
-    """Translate `lines` (already decoded text) with `model` in eval mode; one output per line.
-    `max_src_len` > 0 truncates longer sources (in pieces) with a warning."""
+def _batches(lengths: list[int], batch_size: int, max_tokens: int) -> Iterator[list[int]]:
+    """Indices of non-empty inputs, longest first, in batches of at most `batch_size` sentences
+    and (when max_tokens > 0) at most `max_tokens` padded source pieces."""
+    todo = sorted((i for i, n in enumerate(lengths) if n), key=lambda i: -lengths[i])
+    batch: list[int] = []
+    for i in todo:
+        too_many = max_tokens and batch and lengths[batch[0]] * (len(batch) + 1) > max_tokens
+        if len(batch) >= batch_size or too_many:
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def search_lines(model, tokenizer: Tokenizer, lines: list[str], opts: search.SearchOptions, *,
+                 batch_size: int = 64, max_tokens: int = 0, max_src_len: int = 0,
+                 first_line: int = 1) -> tuple[list[list[int]], list[list[search.Hypothesis]]]:
+    """Search every line (already decoded text): (source pieces, up to opts.nbest hypotheses)
+    per line, in input order. An empty line gets one empty hypothesis; `max_src_len` > 0
+    truncates longer sources (in pieces) with a warning."""
     pieces = tokenizer.encode_src(lines)
     for i, ids in enumerate(pieces):
         if max_src_len and len(ids) > max_src_len:
             log.warning("line %d: %d source pieces, truncated to %d", first_line + i, len(ids),
                         max_src_len)
             pieces[i] = ids[:max_src_len]
-    outputs = [""] * len(lines)
-    todo = sorted((i for i, ids in enumerate(pieces) if ids), key=lambda i: -len(pieces[i]))
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    results = [[search.Hypothesis([], 0.0, 0.0)] for _ in lines]
+    members = model.models if isinstance(model, search.Ensemble) else [model]
+    modes = [m.training for m in members]
+    for m in members:
+        m.eval()
+    device = next(members[0].parameters()).device
     try:
-        for start in range(0, len(todo), batch_size):
-            rows = todo[start:start + batch_size]
+        for rows in _batches([len(p) for p in pieces], batch_size, max_tokens):
             batch = collate([pieces[i] for i in rows])
-            hyps = search.search(model, batch.src.to(device), batch.src_lengths, beam=beam,
-                                 max_len_a=max_len_a, max_len_b=max_len_b)
-            for i, text in zip(rows, tokenizer.decode_tgt([h.tokens for h in hyps])):
-                outputs[i] = text.replace("\r", " ").replace("\n", " ")
+            hyps = search.search(model, batch.src.to(device), batch.src_lengths, opts)
+            for i, found in zip(rows, hyps):
+                results[i] = found
     finally:
-        model.train(was_training)
-    return outputs
+        for m, mode in zip(members, modes):
+            m.train(mode)
+    return pieces, results
 
 
-def decode_input_lines(stream: IO[bytes], first_line: int = 1) -> Iterator[str]:
-    """Lines of a binary stream as text: one item per line, invalid UTF-8 replaced (warned)."""
+def _clean(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def translate_lines(model, tokenizer: Tokenizer, lines: list[str], *, beam: int = 1,
+                    batch_size: int = 64, max_src_len: int = 0, max_len_a: float = 2.0,
+                    max_len_b: int = 10, first_line: int = 1) -> list[str]:
+    """The best translation of each line (used by validation); one output per line."""
+    opts = search.SearchOptions(beam=beam, max_len_a=max_len_a, max_len_b=max_len_b)
+    _, hyps = search_lines(model, tokenizer, lines, opts, batch_size=batch_size,
+                           max_src_len=max_src_len, first_line=first_line)
+    return [_clean(t) for t in tokenizer.decode_tgt([h[0].tokens for h in hyps])]
+
+
+def decode_input_lines(stream: Iterable[bytes], first_line: int = 1) -> Iterator[str]:
+    """Raw lines (a binary stream or a list) as text: one item per line, invalid UTF-8
+    replaced (warned)."""
     for number, raw in enumerate(stream, start=first_line):
         raw = raw.rstrip(b"\n").rstrip(b"\r")
         try:
@@ -64,10 +97,13 @@ def decode_input_lines(stream: IO[bytes], first_line: int = 1) -> Iterator[str]:
 
 
 class Translator:
-    """A loaded model ready to translate. `Translator.from_run(path).translate(lines, beam=5)`."""
+    """Loaded model(s) ready to translate: `Translator.from_run(path).translate(lines, beam=5)`.
+    Several checkpoints sharing their SentencePiece model(s) form an ensemble."""
 
-    def __init__(self, model: Seq2Seq, tokenizer: Tokenizer, cfg: config.Config) -> None:
-        self.model, self.tokenizer, self.cfg = model.eval(), tokenizer, cfg
+    def __init__(self, model, tokenizer: Tokenizer, cfg: config.Config) -> None:
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        for m in (model.models if isinstance(model, search.Ensemble) else [model]):
+            m.eval()
 
     @classmethod
     def from_checkpoint(cls, payload: dict, where: str = "checkpoint") -> "Translator":
@@ -86,39 +122,150 @@ class Translator:
         return cls(model, tokenizer, cfg)
 
     @classmethod
-    def from_run(cls, path: str | Path) -> "Translator":
-        """A run directory (its best, else last checkpoint) or a checkpoint file."""
-        file = checkpoint.resolve(path)
-        return cls.from_checkpoint(checkpoint.load(file), where=str(file))
+    def from_run(cls, path: str | Path | list[str | Path]) -> "Translator":
+        """A run directory (its best, else last checkpoint) or a checkpoint file; a list of
+        them is an ensemble."""
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        members = []
+        for item in paths:
+            file = checkpoint.resolve(item)
+            payload = checkpoint.load(file)
+            translator = cls.from_checkpoint(payload, str(file))
+            members.append((file, translator.tokenizer.to_bytes(), translator))
+        if len(members) == 1:
+            return members[0][2]
+        first_file, first_spm, first = members[0]
+        for file, spm, _ in members[1:]:
+            if spm != first_spm:
+                raise CheckpointError(f"{file} and {first_file} do not share their SentencePiece "
+                                      f"model(s); an ensemble's members must use the same "
+                                      f"vocabularies")
+        return cls(search.Ensemble([m.model for _, _, m in members]), first.tokenizer, first.cfg)
+
+    def options(self, **options) -> search.SearchOptions:
+        return search.SearchOptions(**options)
+
+    def search(self, lines: list[str], *, batch_size: int = 64, max_tokens: int = 0,
+               max_src_len: int | None = None, first_line: int = 1, **options
+               ) -> list[list[dict]]:
+        """Up to `nbest` results per line, best first: dicts with translation, score,
+        log_prob (and with attention=True: alignment [target piece][source piece],
+        source_pieces, target_pieces). Options are SearchOptions' fields."""
+        opts = search.SearchOptions(**options)
+        limit = self.cfg.data.max_len * 2 if max_src_len is None else max_src_len
+        pieces, hyps = search_lines(self.model, self.tokenizer, lines, opts,
+                                    batch_size=batch_size, max_tokens=max_tokens,
+                                    max_src_len=limit, first_line=first_line)
+        flat = [h for found in hyps for h in found]
+        texts = iter(self.tokenizer.decode_tgt([h.tokens for h in flat]))
+        out = []
+        for src_ids, found in zip(pieces, hyps):
+            items = []
+            for h in found:
+                item = {"translation": _clean(next(texts)), "score": h.score,
+                        "log_prob": h.log_prob}
+                if opts.attention:
+                    item["source_pieces"] = self.tokenizer.src.pieces(src_ids)
+                    item["target_pieces"] = self.tokenizer.tgt.pieces(h.tokens) + ["</s>"]
+                    item["alignment"] = [[round(w, 4) for w in row[:len(src_ids)]]
+                                         for row in (h.attention or [])]
+                items.append(item)
+            out.append(items)
+        return out
 
     def translate(self, lines: list[str], *, beam: int = 1, batch_size: int = 64,
-                  max_src_len: int | None = None, max_len_a: float = 2.0, max_len_b: int = 10,
-                  first_line: int = 1) -> list[str]:
-        limit = self.cfg.data.max_len * 2 if max_src_len is None else max_src_len
-        return translate_lines(self.model, self.tokenizer, lines, beam=beam,
-                               batch_size=batch_size, max_src_len=limit, max_len_a=max_len_a,
-                               max_len_b=max_len_b, first_line=first_line)
+                  max_src_len: int | None = None, first_line: int = 1, **options) -> list[str]:
+        """The best translation of each line; one output per line."""
+        found = self.search(lines, beam=beam, batch_size=batch_size, max_src_len=max_src_len,
+                            first_line=first_line, **options)
+        return [items[0]["translation"] for items in found]
 
-    def translate_stream(self, source: IO[bytes], sink: IO[str], *, chunk_lines: int = 1024,
-                         **options) -> int:
-        """Translate a binary stream chunk by chunk, writing and flushing each chunk's lines.
+    def score(self, sources: list[str], targets: list[str], *, batch_size: int = 64
+              ) -> list[float]:
+        """Forced decoding: log-probability of each target given its source (EOS included)."""
+        src, tgt = self.tokenizer.encode_src(sources), self.tokenizer.encode_tgt(targets)
+        out = [0.0] * len(sources)
+        members = self.model.models if isinstance(self.model, search.Ensemble) else [self.model]
+        device = next(members[0].parameters()).device
+        order = sorted(range(len(src)), key=lambda i: -len(src[i]))
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = collate([src[i] for i in rows], [tgt[i] for i in rows])
+            totals = search.score(self.model, batch.src.to(device), batch.src_lengths,
+                                  batch.tgt_in.to(device), batch.tgt_out.to(device))
+            for i, value in zip(rows, totals.tolist()):
+                out[i] = value
+        return out
+
+    def translate_stream(self, source: IO[bytes], sink: IO[str], *, batch_lines: int = 64,
+                         json_lines: bool = False, **options) -> int:
+        """Translate a binary stream batch by batch, writing and flushing each batch's lines as
+        soon as it is done: a batch is `batch_lines` lines, or fewer when no more input is
+        ready yet (so an interactive producer gets its answers without closing the stream).
         Returns the number of lines written."""
         written = 0
-        chunk: list[str] = []
-        for line in decode_input_lines(source):
-            chunk.append(line)
-            if len(chunk) >= chunk_lines:
-                written += self._flush(chunk, sink, written, options)
-                chunk = []
-        if chunk:
-            written += self._flush(chunk, sink, written, options)
+        for raw_lines in read_batches(source, batch_lines):
+            lines = list(decode_input_lines(raw_lines, first_line=written + 1))
+            found = self.search(lines, first_line=written + 1, **options)
+            for items in found:
+                if json_lines:
+                    record = {"line": written + 1, **items[0]}
+                    if options.get("nbest", 1) > 1:
+                        record = {"line": written + 1, "nbest": items}
+                    sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                else:
+                    sink.write(items[0]["translation"] + "\n")
+                written += 1
+            sink.flush()
         return written
 
-    def _flush(self, chunk: list[str], sink: IO[str], written: int, options: dict) -> int:
-        for text in self.translate(chunk, first_line=written + 1, **options):
-            sink.write(text + "\n")
-        sink.flush()
-        return len(chunk)
+
+def read_batches(source: IO[bytes], max_lines: int) -> Iterator[list[bytes]]:
+    """Raw lines of a binary stream in batches of up to `max_lines`; a batch is handed over
+    early when the stream has no more data ready (pipes, terminals)."""
+    import select
+
+    try:
+        fd = source.fileno()
+        select.select([fd], [], [], 0)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        fd = None  # not a selectable stream (in-memory, some platforms): full batches only
+    if fd is None or _is_regular(fd):
+        batch: list[bytes] = []
+        for line in source:
+            batch.append(line)
+            if len(batch) >= max_lines:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        return
+    pending = b""
+    batch = []
+    while True:
+        ready = select.select([fd], [], [], 0)[0] if batch else [fd]
+        if not ready:  # nothing more right now: translate what we have
+            yield batch
+            batch = []
+            continue
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        batch.extend(line + b"\n" for line in lines)
+        while len(batch) >= max_lines:
+            yield batch[:max_lines]
+            batch = batch[max_lines:]
+    if pending:
+        batch.append(pending)
+    if batch:
+        yield batch
+
+
+def _is_regular(fd: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
 def set_threads(threads: int) -> None:

@@ -37,7 +37,8 @@ class Attention(nn.Module):
         """query [B, H], memory [B, S, H_mem], keys [B, S, H], mask [B, S] (True = real)
         -> (attentional hidden [B, H], weights [B, S])."""
         if self.kind == "bahdanau":
-            hidden = torch.tanh(keys + linear(query, self.query.weight, self.query.bias).unsqueeze(1))  # [B, S, H]
+            query_part = linear(query, self.query.weight, self.query.bias)  # [B, H]
+            hidden = torch.tanh(keys + query_part.unsqueeze(1))  # [B, S, H]
             scores = self.v(hidden).squeeze(2)  # [B, S]
         else:
             scores = torch.bmm(keys, query.unsqueeze(2)).squeeze(2)  # [B, S]
