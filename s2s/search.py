@@ -71,8 +71,11 @@ def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
 
 def _restrict(log_probs: Tensor, t: int, limits: Tensor, min_len: int) -> Tensor:
     """At step t (0-based): only EOS where the limit is reached; no EOS before min_len."""
+    at_limit = limits <= t + 1  # [N]
+    if t >= min_len and not bool(at_limit.any()):
+        return log_probs  # the common case: nothing to restrict
     eos_col = torch.arange(log_probs.shape[1], device=log_probs.device) == EOS  # [V]
-    at_limit = (limits <= t + 1).unsqueeze(1)  # [N, 1]
+    at_limit = at_limit.unsqueeze(1)  # [N, 1]
     log_probs = torch.where(at_limit & ~eos_col, float("-inf"), log_probs)
     if t < min_len:
         log_probs = torch.where(~at_limit & eos_col, float("-inf"), log_probs)

@@ -53,7 +53,8 @@ def test_penalties_sampling_and_max_tokens_keep_one_line_per_input(toy_run):
                   ["--beam", "3", "--coverage-penalty", "0.2", "--output-scores"],
                   ["--sample", "--seed", "1", "--top-k", "5"],
                   ["--max-tokens", "7", "--batch-size", "3"],
-                  ["--min-len", "2"]):
+                  ["--min-len", "2"],
+                  ["--precision", "bf16", "--beam", "2"]):
         out = _run(["translate", str(toy_run), *extra], text)
         assert len(out) == len(LINES) * 5, extra
     assert _run(["translate", str(toy_run), "--max-tokens", "7", "--batch-size", "3"],
@@ -150,3 +151,18 @@ def test_translate_streams_from_a_pipe(toy_run):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_lstm_step_under_bf16_autocast_is_close_to_fp32():
+    import torch
+
+    from s2s.cells import registry
+
+    torch.manual_seed(0)
+    cell = registry.build("lstm", 12, 16, {})
+    x, h, c = torch.randn(5, 12), torch.randn(5, 16), torch.randn(5, 16)
+    expected, (_, c_expected) = cell.step(x, (h, c))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, (_, c_got) = cell.step(x, (h, c))
+    torch.testing.assert_close(got.float(), expected, rtol=0, atol=3e-2)
+    torch.testing.assert_close(c_got.float(), c_expected, rtol=0, atol=3e-2)

@@ -74,11 +74,12 @@ class LSTMCell(StepCell):
         return zeros_state(2, batch_size, self.hidden_size, device, dtype)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        if not deferred.active():
+        if not deferred.active() and not torch.is_autocast_enabled(x.device.type):
             h, c = torch.lstm_cell(x, state, self.weight_ih, self.weight_hh, self.bias_ih,
                                    self.bias_hh)
             return h, (h, c)
-        # training the decoder: weight gradients deferred to one GEMM over all steps
+        # training the decoder: weight gradients deferred to one GEMM over all steps; under
+        # autocast: low-precision GEMMs (torch.lstm_cell is not on autocast's list)
         gates = deferred.linear(x, self.weight_ih, self.bias_ih) \
             + deferred.linear(state[0], self.weight_hh, self.bias_hh)  # [B, 4H]
         h, c = LSTMPointwise.apply(gates, state[1].to(gates.dtype))
