@@ -63,6 +63,9 @@ class Seq2Seq(nn.Module):
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[EncoderOut, DecoderState]:
         """src [B, S], src_lengths [B] -> encoder output and the decoder's initial state."""
         memory, finals = self.encoder(src, src_lengths)  # [B, S, H], per-layer states
+        if not self.training and torch.is_autocast_enabled(src.device.type):
+            # searching under autocast: cast the memory once, not at every step's bmm
+            memory = memory.to(torch.get_autocast_dtype(src.device.type))
         mask = length_mask(src_lengths, src.shape[1], src.device)  # [B, S]
         n_enc = len(finals)
         layers = tuple(finals[min(i, n_enc - 1)] for i in range(len(self.decoder.cells)))
