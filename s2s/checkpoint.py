@@ -99,7 +99,8 @@ def load(path: str | Path) -> dict[str, Any]:
                               f"checkpoint (not a PyTorch zip archive); point at a .pt file "
                               f"written by `s2s train`")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: only the tensors used are read (translate never touches the optimizer state)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"checkpoint {path} refused: it contains objects that would run code "
                               f"when loaded; s2s loads weights only. Use a checkpoint written by "

@@ -211,3 +211,19 @@ def test_step_log_probs_normalised():
     assert log_probs.shape == (2, TGT_V)
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(2))
     torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+
+
+def test_dropout_semantics():
+    from s2s.model.dropout import Dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200, 500)
+    drop = Dropout(0.3)
+    y = drop.train()(x)
+    assert abs(float((y == 0).float().mean()) - 0.3) < 0.01
+    assert torch.all((y == 0) | torch.isclose(y, torch.tensor(1 / 0.7)))
+    assert drop.eval()(x) is x and Dropout(0.0).train()(x) is x
+    x.requires_grad_(True)
+    y = Dropout(0.5).train()(x)
+    y.sum().backward()
+    assert torch.equal(x.grad, (y.detach() != 0).float() * 2.0)

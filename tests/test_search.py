@@ -133,8 +133,9 @@ def test_exhaustive_check_has_teeth():
 @pytest.mark.parametrize("beam", [1, 5])
 @pytest.mark.parametrize("seed", range(3))
 def test_batch_equals_one_at_a_time(seed, beam, cell):
+    """A batch of 64 sentences and the same sentences one at a time: identical results."""
     model = tiny_model(seed, cell=cell)
-    srcs = sources(seed, 8)
+    srcs = sources(seed, 64)
     together = run_search(model, *padded(srcs), beam=beam)
     for src, hyp in zip(srcs, together):
         [alone] = run_search(model, *padded([src]), beam=beam)

@@ -28,44 +28,49 @@ _local = threading.local()
 
 
 class _Entry:
-    """One weight's use within one context: its compute-dtype copy and the (input, output-grad)
-    pairs recorded by backward."""
+    """One use-site's weights within one context: their concatenated compute-dtype copy and the
+    (input, output-grad) pairs recorded by backward."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> None:
-        self.weight = weight.detach().to(dtype)  # [O, I]
-        self.bias = bias.detach().to(dtype) if bias is not None else None
+    def __init__(self, weights: list[Tensor], biases: list[Tensor | None],
+                 dtype: torch.dtype) -> None:
+        self.sizes = [w.shape[1] for w in weights]
+        self.weight = torch.cat([w.detach() for w in weights], dim=1).to(dtype)  # [O, sum(I)]
+        present = [b for b in biases if b is not None]
+        self.n_weights, self.n_biases = len(weights), len(present)
+        self.bias = sum(b.detach() for b in present).to(dtype) if present else None  # [O]
         self.inputs: list[Tensor] = []
         self.grads: list[Tensor] = []
-        self.token = _Gate.apply(weight, bias, self)  # 0-d; every use of the weight hangs on it
+        # 0-d; every use of these weights hangs on it
+        self.token = _Gate.apply(self, *weights, *present)
 
 
 class _Gate(torch.autograd.Function):
-    """weight (, bias) -> a 0-d token. Its backward runs after every recorded use's backward and
-    turns the recorded pairs into the weight and bias gradients."""
+    """weights and biases -> a 0-d token. Its backward runs after every recorded use's backward
+    and turns the recorded pairs into the weight and bias gradients."""
 
     @staticmethod
-    def forward(ctx, weight: Tensor, bias: Tensor | None, entry: _Entry) -> Tensor:
+    def forward(ctx, entry: _Entry, *params: Tensor) -> Tensor:
         ctx.entry = entry
-        ctx.has_bias = bias is not None
-        return weight.new_zeros(())
+        return params[0].new_zeros(())
 
     @staticmethod
     def backward(ctx, _grad: Tensor):
         entry: _Entry = ctx.entry
         if not entry.grads:
-            return None, None, None
-        x = torch.cat(entry.inputs)  # [N, I]
+            return (None,) * (1 + entry.n_weights + entry.n_biases)
+        x = torch.cat(entry.inputs)  # [N, sum(I)]
         g = torch.cat(entry.grads)  # [N, O]
         entry.inputs, entry.grads = [], []
-        d_weight = g.t() @ x  # [O, I]
-        d_bias = g.sum(dim=0) if ctx.has_bias else None
-        return d_weight, d_bias, None
+        d_weights = (g.t() @ x).split(entry.sizes, dim=1)  # each [O, I_k]
+        d_bias = g.sum(dim=0) if entry.n_biases else None
+        return (None, *d_weights, *([d_bias] * entry.n_biases))
 
 
 class _Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, token: Tensor, entry: _Entry) -> Tensor:
-        x = x.to(entry.weight.dtype)
+    def forward(ctx, token: Tensor, entry: _Entry, *xs: Tensor) -> Tensor:
+        dtype = entry.weight.dtype
+        x = torch.cat([x.to(dtype) for x in xs], dim=1) if len(xs) > 1 else xs[0].to(dtype)
         ctx.entry = entry
         ctx.save_for_backward(x, token)
         return F.linear(x, entry.weight, entry.bias)
@@ -76,14 +81,16 @@ class _Linear(torch.autograd.Function):
         entry: _Entry = ctx.entry
         grad = grad.to(entry.weight.dtype)
         entry.inputs.append(x)
-        entry.grads.append(grad.clone())
-        d_x = grad @ entry.weight if ctx.needs_input_grad[0] else None
-        return d_x, torch.zeros_like(token), None
+        entry.grads.append(grad)
+        needed = any(ctx.needs_input_grad[2:])
+        d_xs = (grad @ entry.weight).split(entry.sizes, dim=1) if needed \
+            else (None,) * len(entry.sizes)
+        return (torch.zeros_like(token), None, *d_xs)
 
 
 class _Context:
     def __init__(self) -> None:
-        self.entries: dict[int, _Entry] = {}
+        self.entries: dict[tuple[int, ...], _Entry] = {}
 
 
 @contextmanager
@@ -109,11 +116,25 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear; inside `deferred_weight_grads()` its weight (and bias) gradient is deferred."""
     if not active() or not weight.requires_grad:
         return F.linear(x, weight, bias)
+    return linear_cat([x], [weight], [bias])
+
+
+def linear_cat(xs: list[Tensor], weights: list[Tensor], biases: list[Tensor | None]
+               ) -> Tensor:
+    """sum_k F.linear(xs[k], weights[k], biases[k]) as ONE GEMM: cat(xs) @ cat(weights)^T.
+    Inside `deferred_weight_grads()` the weight and bias gradients are deferred as well."""
+    if not active() or not weights[0].requires_grad:
+        out = F.linear(xs[0], weights[0], biases[0])
+        for x, w, b in zip(xs[1:], weights[1:], biases[1:]):
+            out = out + F.linear(x, w, b)
+        return out
     context = _local.stack[-1]
-    entry = context.entries.get(id(weight))
+    key = tuple(id(p) for p in (*weights, *biases))
+    entry = context.entries.get(key)
     if entry is None:
-        kind = x.device.type
-        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
-        entry = context.entries[id(weight)] = _Entry(weight, bias, dtype)
-    with torch.autocast(x.device.type, enabled=False):
-        return _Linear.apply(x, entry.token, entry)
+        kind = xs[0].device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) \
+            else xs[0].dtype
+        entry = context.entries[key] = _Entry(weights, biases, dtype)
+    with torch.autocast(xs[0].device.type, enabled=False):
+        return _Linear.apply(entry.token, entry, *xs)

@@ -80,8 +80,8 @@ class LSTMCell(StepCell):
             return h, (h, c)
         # training the decoder: weight gradients deferred to one GEMM over all steps; under
         # autocast: low-precision GEMMs (torch.lstm_cell is not on autocast's list)
-        gates = deferred.linear(x, self.weight_ih, self.bias_ih) \
-            + deferred.linear(state[0], self.weight_hh, self.bias_hh)  # [B, 4H]
+        gates = deferred.linear_cat([x, state[0]], [self.weight_ih, self.weight_hh],
+                                    [self.bias_ih, self.bias_hh])  # [B, 4H]: one GEMM
         h, c = LSTMPointwise.apply(gates, state[1].to(gates.dtype))
         return h, (h, c)
 

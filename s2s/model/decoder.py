@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from s2s.cells import State, registry
 from s2s.config import ModelConfig
 from s2s.model.attention import Attention
+from s2s.model.dropout import Dropout
 from s2s.tokenizer import PAD
 
 
@@ -26,7 +27,7 @@ class Decoder(nn.Module):
             self.cells.append(registry.build(cfg.cell, input_size, cfg.hidden_size,
                                              dict(cfg.cell_options)))
         self.attention = Attention(cfg.attention, cfg.hidden_size, cfg.hidden_size)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def step(self, emb: Tensor, layers: tuple[State, ...], feed: Tensor, memory: Tensor,
              keys: Tensor, mask: Tensor) -> tuple[Tensor, tuple[State, ...], Tensor]:

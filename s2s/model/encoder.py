@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from s2s.cells import State, registry
 from s2s.config import ModelConfig
+from s2s.model.dropout import Dropout
 from s2s.tokenizer import PAD
 
 
@@ -33,7 +34,7 @@ class Encoder(nn.Module):
             self.layers.append(nn.ModuleList(
                 registry.build(cfg.cell, input_size, per_direction, dict(cfg.cell_options))
                 for _ in range(directions)))
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, list[State]]:
         """src [B, S], lengths [B] -> (memory [B, S, H], final state of each layer ([B, H] each))."""

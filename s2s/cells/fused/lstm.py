@@ -86,8 +86,8 @@ class FusedLSTMCell(LSTMCell):
         h, c = state
         # linear on the parameters themselves: under autocast their low-precision casts are
         # cached for the whole autocast region instead of being redone at every step
-        gates = deferred.linear(x, self.weight_ih, self.bias_ih) \
-            + deferred.linear(h, self.weight_hh, self.bias_hh)  # [B, 4H]
+        gates = deferred.linear_cat([x, h], [self.weight_ih, self.weight_hh],
+                                    [self.bias_ih, self.bias_hh])  # [B, 4H]
         h, c = LSTMPointwise.apply(gates, c.to(gates.dtype))
         return h, (h, c)
 
