@@ -58,6 +58,21 @@ def test_linear_cat_is_one_gemm_with_the_gradients_of_a_sum_of_linears():
         torch.testing.assert_close(b, e, rtol=1e-12, atol=1e-12)
 
 
+def test_linear_cat_when_only_some_inputs_need_gradients():
+    torch.manual_seed(2)
+    x1 = torch.randn(3, 4, dtype=torch.float64)  # no gradient wanted
+    x2 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    w1 = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    expected = torch.autograd.grad((F.linear(x1, w1) + F.linear(x2, w2)).sin().sum(),
+                                   [x2, w1, w2])
+    with deferred.deferred_weight_grads():
+        out = deferred.linear_cat([x1, x2], [w1, w2], [None, None])
+    got = torch.autograd.grad(out.sin().sum(), [x2, w1, w2])
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
 def test_outside_the_context_or_without_grad_it_is_plain_linear():
     x, w = torch.randn(2, 3), torch.randn(4, 3, requires_grad=True)
     y = deferred.linear(x, w)

@@ -82,9 +82,14 @@ class _Linear(torch.autograd.Function):
         grad = grad.to(entry.weight.dtype)
         entry.inputs.append(x)
         entry.grads.append(grad)
-        needed = any(ctx.needs_input_grad[2:])
-        d_xs = (grad @ entry.weight).split(entry.sizes, dim=1) if needed \
-            else (None,) * len(entry.sizes)
+        needs = ctx.needs_input_grad[2:]
+        if all(needs):
+            d_xs = (grad @ entry.weight).split(entry.sizes, dim=1)
+        else:  # only the inputs that need a gradient: no GEMM work for the others
+            d_xs, start = [], 0
+            for size, need in zip(entry.sizes, needs):
+                d_xs.append(grad @ entry.weight[:, start:start + size] if need else None)
+                start += size
         return (torch.zeros_like(token), None, *d_xs)
 
 
