@@ -78,8 +78,8 @@ class Seq2Seq(nn.Module):
         """tokens [B] (previous target ids) -> (log-probabilities [B, V], state, attention [B, S])."""
         emb = self.decoder.dropout(self.decoder.embed(tokens))  # [B, E]
         out, layers, weights = self.decoder.step(emb, state.layers, state.feed, *enc)
-        return torch.log_softmax(self.logits(out).float(), dim=-1), DecoderState(layers, out), \
-            weights
+        log_probs = torch.log_softmax(self.logits(out), dim=-1, dtype=torch.float32)  # [B, V]
+        return log_probs, DecoderState(layers, out), weights
 
     @staticmethod
     def reorder(obj, index: Tensor):
