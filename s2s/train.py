@@ -451,11 +451,11 @@ class Trainer:
         if self.resume_from is not None:
             self.monitor.record({"resumed_from": self.step})
         window = {"nll": 0.0, "tokens": 0, "time": 0.0, "norm": 0.0, "steps": 0}
-        reason = "max_epochs"
+        reason = "max_steps" if t.max_steps and self.step >= t.max_steps else "max_epochs"
         batches = self._batches()
         try:
             with _StopSignals() as signals:
-                while True:
+                while not (t.max_steps and self.step >= t.max_steps):  # a resumed, done run
                     group = list(itertools.islice(batches, t.accum_steps))
                     if not group:
                         break  # max_epochs reached

@@ -171,6 +171,15 @@ def test_resume_extends_the_step_budget(reference, tmp_path):
     assert result["step"] == STEPS + 10
 
 
+@pytest.mark.slow
+def test_resuming_a_finished_run_trains_no_further_step(reference, tmp_path):
+    run = tmp_path / "finished"
+    shutil.copytree(reference, run)
+    result = resume(run, console=False)
+    assert result["step"] == STEPS and result["stopped_by"] == "max_steps"
+    _same_parameters(run / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt")
+
+
 def test_resume_refuses_another_model_shape(reference, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(reference, run)
