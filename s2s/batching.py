@@ -55,8 +55,9 @@ def bucket_batches(src_lens: np.ndarray, tgt_lens: np.ndarray | None, batch_size
     n = len(src_lens)
     lens = np.asarray(src_lens) if tgt_lens is None else np.maximum(src_lens, tgt_lens)
     # sort key: the target length first (the decoder steps over every padded target position;
-    # the packed encoder skips source padding), then the source length
-    key = np.asarray(src_lens) if tgt_lens is None else \
+    # the packed encoder skips source padding), then the source length; token batches are
+    # packed by the longer side, so they sort by it
+    key = lens if tgt_lens is None or batch_type == "tokens" else \
         np.asarray(tgt_lens, dtype=np.int64) * (int(np.max(src_lens, initial=0)) + 1) + src_lens
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(n) if shuffle else np.arange(n)

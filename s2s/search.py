@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from s2s.cells.base import length_mask
 from s2s.tokenizer import BOS, EOS, PAD
 
 
@@ -40,9 +41,6 @@ class SearchOptions:
     top_p: float = 1.0
     seed: int | None = None
     attention: bool = False  # return each hypothesis's attention weights
-
-
-LENGTH_PENALTIES = ("none", "average", "gnmt")
 
 
 def length_penalty(lengths: Tensor, kind: str, alpha: float) -> Tensor:
@@ -83,16 +81,13 @@ def _restrict(log_probs: Tensor, t: int, limits: Tensor, min_len: int) -> Tensor
 
 
 @torch.no_grad()
-def greedy(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions = SearchOptions()
-           ) -> list[list[Hypothesis]]:
-    """Argmax decoding (or sampling, with opts.sampling) with a shrinking batch: sentences that
-    end leave it."""
+def greedy(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions = SearchOptions(),
+           generator: torch.Generator | None = None) -> list[list[Hypothesis]]:
+    """Argmax decoding (or sampling, with opts.sampling, drawing from `generator`) with a
+    shrinking batch: sentences that end leave it."""
     enc, state = model.encode(src, src_lengths)
     device, batch = src.device, src.shape[0]
     limits = max_lengths(src_lengths, opts.max_len_a, opts.max_len_b).to(device)
-    generator = None
-    if opts.sampling and opts.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(opts.seed)
     results: list[Hypothesis | None] = [None] * batch
     active = torch.arange(batch, device=device)  # original positions of the rows still decoding
     tokens = torch.full((batch,), BOS, dtype=torch.long, device=device)
@@ -187,8 +182,7 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions
     expand = torch.arange(batch, device=device).repeat_interleave(k)  # [B*K]
     enc, state = model.reorder(enc, expand), model.reorder(state, expand)
     limits = max_lengths(src_lengths, opts.max_len_a, opts.max_len_b).to(device)  # [B]
-    src_mask = (torch.arange(src.shape[1], device=device).unsqueeze(0)
-                < src_lengths.to(device).unsqueeze(1)).repeat_interleave(k, 0)  # [B*K, S]
+    src_mask = length_mask(src_lengths, src.shape[1], device).repeat_interleave(k, 0)  # [B*K, S]
     scores = torch.full((batch, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one
     tokens = torch.full((batch * k,), BOS, dtype=torch.long, device=device)
@@ -263,15 +257,26 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions
     return [hyps or [Hypothesis([], float("-inf"), float("-inf"))] for hyps in finished]
 
 
-def search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions = SearchOptions()
-           ) -> list[list[Hypothesis]]:
-    """Up to opts.nbest hypotheses per sentence, best first."""
+def sampler(opts: SearchOptions, device: torch.device | str = "cpu") -> torch.Generator | None:
+    """The random generator of a sampling run: one per run, so that a seeded run's samples do
+    not depend on how its sentences were batched."""
+    if not opts.sampling or opts.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(opts.seed)
+
+
+def search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions = SearchOptions(),
+           generator: torch.Generator | None = None) -> list[list[Hypothesis]]:
+    """Up to opts.nbest hypotheses per sentence, best first. Sampling draws from `generator`
+    (default: `sampler(opts)`, a new one per call)."""
     if opts.sampling:
+        generator = generator if generator is not None else sampler(opts, src.device)
         if opts.nbest <= 1:
-            return greedy(model, src, src_lengths, opts)
-        repeat = torch.arange(src.shape[0], device=src.device).repeat_interleave(opts.nbest)
-        samples = greedy(model, src.index_select(0, repeat), src_lengths.index_select(0, repeat),
-                         opts)
+            return greedy(model, src, src_lengths, opts, generator)
+        repeat = torch.arange(src.shape[0]).repeat_interleave(opts.nbest)
+        samples = greedy(model, src.index_select(0, repeat.to(src.device)),
+                         src_lengths.index_select(0, repeat.to(src_lengths.device)), opts,
+                         generator)
         return [sorted((s[0] for s in samples[i * opts.nbest:(i + 1) * opts.nbest]),
                        key=lambda h: -h.score) for i in range(src.shape[0])]
     if opts.beam <= 1 and not opts.coverage_penalty:

@@ -369,7 +369,11 @@ class Trainer:
         metric = self.cfg.train.metric
         return -result["val/loss"] if metric == "loss" else result[f"val/{metric}"]
 
-    def _validate_and_keep_best(self) -> dict[str, float]:
+    def _validate_and_keep_best(self, scheduled: bool = True) -> dict[str, float]:
+        """Validate; a scheduled validation (every validate_every steps) also drives patience,
+        the plateau schedule and the best-K checkpoints. An unscheduled one (the final one of
+        a budget stop) only logs and, if it is the best so far, points best.pt at this step,
+        so a resumed run continues exactly as an uninterrupted one would."""
         t = self.cfg.train
         started = time.monotonic()
         result = self.last_validation = self.validate()
@@ -377,14 +381,21 @@ class Trainer:
         self.monitor.scalars(self.step, result)
         metric = self._metric(result)
         improved = not self.best_kept or metric > self.best_kept[0][0]
-        self.bad_validations = 0 if improved else self.bad_validations + 1
-        if t.schedule == "plateau":
-            self.scheduler.step(metric)
-        if len(self.best_kept) < t.keep_best or metric > self.best_kept[-1][0]:
-            self.best_kept = sorted([*self.best_kept, [metric, self.step]],
-                                    key=lambda kept: -kept[0])[:t.keep_best]
-            if self._save_step() and improved:
+        if scheduled:
+            self.bad_validations = 0 if improved else self.bad_validations + 1
+            if t.schedule == "plateau":
+                self.scheduler.step(metric)
+            if len(self.best_kept) < t.keep_best or metric > self.best_kept[-1][0]:
+                previous = self.best_kept  # the checkpoint written now must list itself
+                self.best_kept = sorted([*self.best_kept, [metric, self.step]],
+                                        key=lambda kept: -kept[0])[:t.keep_best]
+                if not self._save_step():
+                    self.best_kept = previous  # never name a checkpoint that was not written
+        if improved and self._save_step():
+            try:
                 self._link("best.pt")
+            except CheckpointError as exc:
+                self._say(f"warning: {exc}")
         shown = "  ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in result.items())
         self._say(f"step {self.step} validation: {shown}{'  (best)' if improved else ''}  "
                   f"[{time.monotonic() - started:.0f}s]")
@@ -451,14 +462,19 @@ class Trainer:
         if self.resume_from is not None:
             self.monitor.record({"resumed_from": self.step})
         window = {"nll": 0.0, "tokens": 0, "time": 0.0, "norm": 0.0, "steps": 0}
-        reason = "max_steps" if t.max_steps and self.step >= t.max_steps else "max_epochs"
         batches = self._batches()
         try:
             with _StopSignals() as signals:
-                while not (t.max_steps and self.step >= t.max_steps):  # a resumed, done run
+                while True:
+                    if signals.received:
+                        return self._stop_on_signal(signals.received)
+                    reason = self._budget_spent()
+                    if reason:
+                        break
                     group = list(itertools.islice(batches, t.accum_steps))
                     if not group:
-                        break  # max_epochs reached
+                        reason = "max_epochs"
+                        break
                     step_start = time.monotonic()
                     finite, nll, norm, tokens = self.train_step(
                         [self.train_data.data[idx.tolist()] for idx in group])
@@ -476,41 +492,39 @@ class Trainer:
                     if self.step % t.log_every == 0:
                         self._log(window)
                         window = {k: 0 for k in window}
-                    elapsed = self._elapsed()
-                    self.monitor.advance(self.step, elapsed,
+                    self.monitor.advance(self.step, self._elapsed(),
                                          {"ep": self.epoch, "loss": f"{nll / max(tokens, 1):.3f}"})
-                    if t.max_steps and self.step >= t.max_steps:
-                        reason = "max_steps"
-                        break
-                    if t.max_time and elapsed >= t.max_time:
-                        reason = "max_time"
-                        break
                     if self.step % t.validate_every == 0:
                         self._validate_and_keep_best()
-                        if t.patience and self.bad_validations >= t.patience:
-                            reason = "early stopping"
-                            self._say(f"early stopping: no better val {t.metric} in "
-                                      f"{t.patience} validations")
-                            break
                     if self.step % t.checkpoint_every == 0:
                         self._save_step()
-                    if signals.received:
-                        return self._stop_on_signal(signals.received)
-            if window["steps"]:
-                self._log(window)
-            final = self._final_validation()
-            self._save_step(final=True)
-            self._hparams(final)
+                if window["steps"]:
+                    self._log(window)
+                final = self._final_validation()
+                self._save_step(final=True)
+                self._hparams(final)
         finally:
             self.monitor.close()
         return {"step": self.step, "epoch": self.epoch, "stopped_by": reason,
                 "skipped_steps": self.skipped,
                 "train_tgt_tok_s": self.tokens_seen / max(self.step_time, 1e-9), **final}
 
+    def _budget_spent(self) -> str:
+        """Why training must stop before another step ("" to go on)."""
+        t = self.cfg.train
+        if t.max_steps and self.step >= t.max_steps:
+            return "max_steps"
+        if t.max_time and self._elapsed() >= t.max_time:
+            return "max_time"
+        if t.patience and self.bad_validations >= t.patience:
+            self._say(f"early stopping: no better val {t.metric} in {t.patience} validations")
+            return "early stopping"
+        return ""
+
     def _final_validation(self) -> dict[str, float]:
-        if self.validated_step == self.step:  # e.g. early stopping right after a validation
+        if self.validated_step == self.step:  # the last step was a scheduled validation
             return self.last_validation
-        return self._validate_and_keep_best()
+        return self._validate_and_keep_best(scheduled=False)
 
     def _stop_on_signal(self, name: str) -> dict[str, Any]:
         self._save_step(final=True)
@@ -582,6 +596,10 @@ def resume(run_dir: str | Path, config_file: str | Path | None = None,
         raise ConfigError(f"--resume {run_dir}: the config differs from the run's in "
                           f"{'; '.join(changed)}. Only {', '.join(sorted(RESUMABLE))} may change "
                           f"on resume; start a new --run-dir for anything else")
+    if cfg.train.schedule == "linear" and cfg.train.max_steps != saved["train"]["max_steps"]:
+        raise ConfigError(f"--resume {run_dir}: the linear schedule decays to 0 at "
+                          f"train.max_steps={saved['train']['max_steps']}; changing it on resume "
+                          f"would make the learning rate jump. Keep train.max_steps")
     cell = _cell_info(cfg.model.cell)
     old = payload.get("cell", {})
     if old.get("dist") != cell["dist"] or old.get("value") != cell["value"]:

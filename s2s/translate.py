@@ -54,22 +54,29 @@ def search_lines(model, tokenizer: Tokenizer, lines: list[str], opts: search.Sea
                         max_src_len)
             pieces[i] = ids[:max_src_len]
     results = [[search.Hypothesis([], 0.0, 0.0)] for _ in lines]
-    members = model.models if isinstance(model, search.Ensemble) else [model]
+    members = _members(model)
     modes = [m.training for m in members]
     for m in members:
         m.eval()
     device = next(members[0].parameters()).device
+    generator = search.sampler(opts, device)  # one per call: reproducible, no repeated draws
     try:
         for rows in _batches([len(p) for p in pieces], batch_size, max_tokens):
             batch = collate([pieces[i] for i in rows])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                hyps = search.search(model, batch.src.to(device), batch.src_lengths, opts)
+                hyps = search.search(model, batch.src.to(device), batch.src_lengths, opts,
+                                     generator)
             for i, found in zip(rows, hyps):
                 results[i] = found
     finally:
         for m, mode in zip(members, modes):
             m.train(mode)
     return pieces, results
+
+
+def _members(model) -> list:
+    """The models of an Ensemble, or [model]."""
+    return model.models if isinstance(model, search.Ensemble) else [model]
 
 
 def _clean(text: str) -> str:
@@ -104,7 +111,7 @@ class Translator:
 
     def __init__(self, model, tokenizer: Tokenizer, cfg: config.Config) -> None:
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
-        for m in (model.models if isinstance(model, search.Ensemble) else [model]):
+        for m in _members(model):
             m.eval()
 
     @classmethod
@@ -132,8 +139,7 @@ class Translator:
         for item in paths:
             file = checkpoint.resolve(item)
             payload = checkpoint.load(file)
-            translator = cls.from_checkpoint(payload, str(file))
-            members.append((file, translator.tokenizer.to_bytes(), translator))
+            members.append((file, payload.get("spm"), cls.from_checkpoint(payload, str(file))))
         if len(members) == 1:
             return members[0][2]
         first_file, first_spm, first = members[0]
@@ -143,9 +149,6 @@ class Translator:
                                       f"model(s); an ensemble's members must use the same "
                                       f"vocabularies")
         return cls(search.Ensemble([m.model for _, _, m in members]), first.tokenizer, first.cfg)
-
-    def options(self, **options) -> search.SearchOptions:
-        return search.SearchOptions(**options)
 
     def search(self, lines: list[str], *, batch_size: int = 64, max_tokens: int = 0,
                max_src_len: int | None = None, first_line: int = 1, precision: str = "fp32",
@@ -189,11 +192,8 @@ class Translator:
         """Forced decoding: log-probability of each target given its source (EOS included)."""
         src, tgt = self.tokenizer.encode_src(sources), self.tokenizer.encode_tgt(targets)
         out = [0.0] * len(sources)
-        members = self.model.models if isinstance(self.model, search.Ensemble) else [self.model]
-        device = next(members[0].parameters()).device
-        order = sorted(range(len(src)), key=lambda i: -len(src[i]))
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
+        device = next(_members(self.model)[0].parameters()).device
+        for rows in _batches([max(len(s), 1) for s in src], batch_size, 0):
             batch = collate([src[i] for i in rows], [tgt[i] for i in rows])
             totals = search.score(self.model, batch.src.to(device), batch.src_lengths,
                                   batch.tgt_in.to(device), batch.tgt_out.to(device))
@@ -244,15 +244,18 @@ def read_batches(source: IO[bytes], max_lines: int) -> Iterator[list[bytes]]:
         if batch:
             yield batch
         return
+    read = getattr(source, "read1", None) or (lambda n: os.read(fd, n))
     pending = b""
     batch = []
     while True:
-        ready = select.select([fd], [], [], 0)[0] if batch else [fd]
+        # with lines waiting: a short grace period lets a busy producer refill the pipe before
+        # the window is handed over
+        ready = select.select([fd], [], [], 0.02)[0] if batch else [fd]
         if not ready:  # nothing more right now: translate what we have
             yield batch
             batch = []
             continue
-        chunk = os.read(fd, 1 << 16)
+        chunk = read(1 << 16)
         if not chunk:
             break
         *lines, pending = (pending + chunk).split(b"\n")

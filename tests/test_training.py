@@ -180,6 +180,38 @@ def test_resuming_a_finished_run_trains_no_further_step(reference, tmp_path):
     _same_parameters(run / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt")
 
 
+@pytest.mark.slow
+def test_budget_stop_then_longer_resume_equals_one_long_run(toy_data, tmp_path):
+    """A run stopped by its step budget between validations, then resumed with a bigger budget,
+    ends like a run given the bigger budget at once: the final (unscheduled) validation of the
+    first session must not move patience or the plateau schedule."""
+    settings = ["train.schedule=plateau", "train.decay_patience=0", "train.metric=loss",
+                "train.valid_bleu=false", "train.validate_every=20", "train.checkpoint_every=20"]
+    long = tmp_path / "long"
+    train(config.load(TOY, _overrides(toy_data, *settings, "train.max_steps=80")), long,
+          console=False)
+    short = tmp_path / "short"
+    _seed_tokenizer(long, short)
+    train(config.load(TOY, _overrides(toy_data, *settings, "train.max_steps=50")), short,
+          console=False)
+    stopped = checkpoint.load(short / "checkpoints" / "last.pt")
+    assert stopped["step"] == 50
+    assert stopped["scheduler"]["last_epoch"] == 2  # stepped at 20 and 40, not by the final one
+    assert any(r.get("step") == 50 and "val/loss" in r for r in _log(short))  # it did validate
+    result = resume(short, overrides=["train.max_steps=80"], console=False)
+    assert result["step"] == 80
+    _same_parameters(short / "checkpoints" / "last.pt", long / "checkpoints" / "last.pt")
+
+
+def test_resume_keeps_the_linear_schedules_horizon(toy_data, tmp_path):
+    run = tmp_path / "linear"
+    train(config.load(TOY, _overrides(toy_data, "train.schedule=linear", "train.max_steps=3",
+                                      "train.valid_bleu=false", "train.metric=loss")), run,
+          console=False)
+    with pytest.raises(ConfigError, match="linear schedule decays to 0 at train.max_steps=3"):
+        resume(run, overrides=["train.max_steps=6"], console=False)
+
+
 def test_resume_refuses_another_model_shape(reference, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(reference, run)

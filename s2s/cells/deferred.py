@@ -141,5 +141,7 @@ def linear_cat(xs: list[Tensor], weights: list[Tensor], biases: list[Tensor | No
         dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) \
             else xs[0].dtype
         entry = context.entries[key] = _Entry(weights, biases, dtype)
-    with torch.autocast(xs[0].device.type, enabled=False):
+    if not torch.is_autocast_enabled(xs[0].device.type):
+        return _Linear.apply(entry.token, entry, *xs)
+    with torch.autocast(xs[0].device.type, enabled=False):  # the entry holds the cast weights
         return _Linear.apply(entry.token, entry, *xs)
