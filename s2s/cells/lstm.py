@@ -82,8 +82,6 @@ class LSTMCell(StepCell):
         # autocast: low-precision GEMMs (torch.lstm_cell is not on autocast's list)
         gates = deferred.linear_cat([x, state[0]], [self.weight_ih, self.weight_hh],
                                     [self.bias_ih, self.bias_hh])  # [B, 4H]: one GEMM
-        if not deferred.active():  # inference under autocast: the cell state stays float32
-            gates = gates.float()
         h, c = LSTMPointwise.apply(gates, state[1].to(gates.dtype))
         return h, (h, c)
 
