@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from s2s.cells.fused.lstm import FusedLSTMCell, LSTMPointwise, _Sequence
+from s2s.cells.fused.lstm import FusedLSTMCell, _Sequence
+from s2s.cells.lstm import LSTMPointwise
 from s2s.cells.lstm import LSTMCell
 
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from s2s.batching import pad
 from s2s.config import ModelConfig
 from s2s.model import DecoderState, EncoderOut, Seq2Seq
 from s2s.model.seq2seq import reorder
@@ -24,11 +25,7 @@ def make(cell: str = "lstm", attention: str = "general", seed: int = 0, **kw) ->
 
 def batch(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """PAD-padded [B, S] ids and lengths [B]."""
-    width = max(map(len, seqs))
-    src = torch.full((len(seqs), width), PAD, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        src[i, :len(s)] = torch.tensor(s)
-    return src, torch.tensor([len(s) for s in seqs])
+    return pad(seqs), torch.tensor([len(s) for s in seqs])
 
 
 SHORT = [4, 5, 6]

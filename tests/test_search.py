@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from s2s import search
+from s2s.batching import pad
 from s2s.config import ModelConfig
 from s2s.model import Seq2Seq
-from s2s.tokenizer import BOS, EOS, PAD
+from s2s.tokenizer import BOS, EOS
 
 SRC_V = 7
 
@@ -38,11 +39,7 @@ def sources(seed: int, n: int, min_len: int = 1, max_len: int = 6) -> list[list[
 
 
 def padded(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, seqs))
-    src = torch.full((len(seqs), width), PAD, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        src[i, :len(s)] = torch.tensor(s)
-    return src, torch.tensor([len(s) for s in seqs])
+    return pad(seqs), torch.tensor([len(s) for s in seqs])
 
 
 @torch.no_grad()

@@ -80,9 +80,16 @@ class LSTMCell(StepCell):
             return h, (h, c)
         # training the decoder: weight gradients deferred to one GEMM over all steps; under
         # autocast: low-precision GEMMs (torch.lstm_cell is not on autocast's list)
-        gates = deferred.linear_cat([x, state[0]], [self.weight_ih, self.weight_hh],
-                                    [self.bias_ih, self.bias_hh])  # [B, 4H]: one GEMM
-        h, c = LSTMPointwise.apply(gates, state[1].to(gates.dtype))
+        return self._gates_step(x, state)
+
+    def _gates_step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One GEMM for both gate projections (deferred weight gradients in training; under
+        autocast the parameters' casts are cached, not redone at every step), then the gate
+        pointwise work as one autograd node with a hand-written backward."""
+        h, c = state
+        gates = deferred.linear_cat([x, h], [self.weight_ih, self.weight_hh],
+                                    [self.bias_ih, self.bias_hh])  # [B, 4H]
+        h, c = LSTMPointwise.apply(gates, c.to(gates.dtype))
         return h, (h, c)
 
     def forward(self, x: Tensor, lengths: Tensor, state: State | None = None

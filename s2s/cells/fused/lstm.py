@@ -1,8 +1,10 @@
 """`fused-lstm`: torch.nn.LSTM's math and parameter layout, with hand-written backward passes
 (aimed at CPU speed; docs/benchmarks.md says where it stands).
 
-- `step`: two GEMMs (autocast-cached weight casts), then one autograd node does all the gate
-  pointwise work (sigmoid/tanh, cell and hidden update) with a hand-written backward.
+- `step`: always `lstm`'s gate path (`LSTMCell._gates_step`): the gate projections through
+  `deferred.linear_cat` (one GEMM with deferred weight gradients in training; autocast-cached
+  weight casts), then one autograd node does all the gate pointwise work (sigmoid/tanh, cell
+  and hidden update) with a hand-written backward.
 - `forward` (a whole sequence): one autograd Function. All time steps' input projections are one
   GEMM; each step is one GEMM plus pointwise work; in backward each step costs one GEMM and the
   weight and input gradients are three large GEMMs over all steps at once.
@@ -14,9 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from s2s.cells import deferred
 from s2s.cells.base import State, length_mask
-from s2s.cells.lstm import LSTMCell, gates_backward, gates_forward, LSTMPointwise
+from s2s.cells.lstm import LSTMCell, gates_backward, gates_forward
 
 
 class _Sequence(torch.autograd.Function):
@@ -83,13 +84,7 @@ class FusedLSTMCell(LSTMCell):
         return [p.to(dtype) for p in params]
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        h, c = state
-        # linear on the parameters themselves: under autocast their low-precision casts are
-        # cached for the whole autocast region instead of being redone at every step
-        gates = deferred.linear_cat([x, h], [self.weight_ih, self.weight_hh],
-                                    [self.bias_ih, self.bias_hh])  # [B, 4H]
-        h, c = LSTMPointwise.apply(gates, c.to(gates.dtype))
-        return h, (h, c)
+        return self._gates_step(x, state)  # always, also where `lstm` uses torch.lstm_cell
 
     def forward(self, x: Tensor, lengths: Tensor, state: State | None = None
                 ) -> tuple[Tensor, State]:
