@@ -160,12 +160,14 @@ def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: 
 
     Writes exactly one line per input line: the translation, or a JSON object with
     --output-scores / --output-alignments / --nbest > 1."""
-    from s2s.translate import Translator, set_threads
+    from s2s.runtime import set_threads, tune_allocator
+    from s2s.translate import Translator
 
     if nbest > beam and not sample:
         raise click.BadParameter(f"--nbest {nbest} needs --beam >= {nbest} (or --sample)",
                                  param_hint="--nbest")
     set_threads(threads)
+    tune_allocator()
     translator = Translator.from_run(list(models))
     options = dict(beam=beam, nbest=nbest, length_penalty=length_penalty, alpha=alpha,
                    coverage_penalty=coverage_penalty, min_len=min_len, max_len_a=max_len_a,

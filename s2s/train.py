@@ -29,7 +29,8 @@ from s2s.cells import registry
 from s2s.errors import CheckpointError, ConfigError, DataError, TrainingError
 from s2s.model import Seq2Seq
 from s2s.tokenizer import Tokenizer
-from s2s.translate import set_threads, translate_lines
+from s2s.runtime import set_threads, tune_allocator
+from s2s.translate import translate_lines
 
 CONFIG_FILE = "config.yaml"
 TB_DIR = "tensorboard"
@@ -251,6 +252,7 @@ class Trainer:
         cell_cls, entry = registry.load(cfg.model.cell)  # fail fast: before any data work
         registry.check_options(cell_cls, entry, dict(cfg.model.cell_options))
         set_threads(cfg.train.threads)
+        tune_allocator()
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed)

@@ -275,6 +275,3 @@ def _is_regular(fd: int) -> bool:
     return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
-def set_threads(threads: int) -> None:
-    if threads > 0:
-        torch.set_num_threads(threads)

@@ -1,10 +1,15 @@
 """fused-lstm: the same math as lstm (outputs and gradients), interchangeable weights."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from s2s.cells.fused.lstm import FusedLSTMCell, _Sequence
+from s2s.cells.fused import kernels
+from s2s.cells.fused.lstm import FusedLSTMCell, _CompiledPointwise, _CompiledSequence, _Sequence
 from s2s.cells.lstm import LSTMPointwise
 from s2s.cells.lstm import LSTMCell
 
@@ -111,3 +116,93 @@ def test_model_with_fused_matches_model_with_lstm(attention):
     grads = [torch.autograd.grad(loss, list(m.parameters())) for loss, m in zip(losses, models)]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+# -- the compiled kernels (float32 CPU): same results as the pure-PyTorch path --------------------
+
+needs_kernels = pytest.mark.skipif(kernels.ops() is None, reason="fused-lstm kernels not built here")
+
+
+def _float_pair(inp, hid):
+    torch.manual_seed(1)
+    fused = FusedLSTMCell(inp, hid)
+    plain = LSTMCell(inp, hid)
+    plain.load_state_dict(fused.state_dict())
+    return fused, plain
+
+
+@needs_kernels
+@pytest.mark.parametrize("lengths", [[7, 7, 7, 7, 7], [7, 3, 5, 1, 7]])
+def test_compiled_sequence_equals_pure_pytorch_path(lengths):
+    torch.manual_seed(2)
+    batch, time, inp, hid = 5, 7, 6, 16
+    x = torch.randn(batch, time, inp, requires_grad=True)
+    mask = (torch.arange(time)[None] < torch.tensor(lengths)[:, None]).float()
+    h0 = torch.randn(batch, hid, requires_grad=True)
+    c0 = torch.randn(batch, hid, requires_grad=True)
+    fused, _ = _float_pair(inp, hid)
+    weights = [p.detach().clone().requires_grad_() for p in
+               (fused.weight_ih, fused.weight_hh, fused.bias_ih, fused.bias_hh)]
+    results = []
+    for fn in (_Sequence, _CompiledSequence):
+        out, h, c = fn.apply(x, mask, h0, c0, *weights)
+        loss = (out * torch.linspace(-1, 1, hid)).sum() + 2 * h.sum() + 3 * c.pow(2).sum()
+        results.append((out, h, c, *torch.autograd.grad(loss, [x, h0, c0, *weights])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    out = results[1][0]
+    for b, n in enumerate(lengths):
+        assert out[b, n:].abs().sum() == 0  # padding is zero
+
+
+@needs_kernels
+def test_compiled_pointwise_equals_pure_pytorch_and_is_used():
+    torch.manual_seed(3)
+    gates = torch.randn(4, 4 * 16, requires_grad=True)
+    c_prev = torch.randn(4, 16, requires_grad=True)
+    results = []
+    for fn in (LSTMPointwise, _CompiledPointwise):
+        h, c = fn.apply(gates, c_prev)
+        results.append((h, c, *torch.autograd.grad((h * 1.5).sum() + c.pow(2).sum(),
+                                                   [gates, c_prev])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    fused, plain = _float_pair(5, 16)
+    x = torch.randn(4, 5)
+    h, (_, c) = fused.step(x, (torch.zeros(4, 16), torch.zeros(4, 16)))
+    assert h.grad_fn.name() == "_CompiledPointwiseBackward"
+    h2, (_, c2) = plain.step(x, (torch.zeros(4, 16), torch.zeros(4, 16)))
+    torch.testing.assert_close(h, h2, rtol=1e-5, atol=1e-6)
+
+
+def _run_isolated(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=600)
+
+
+FALLBACK_PROBE = """
+import logging, torch
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from s2s.cells.fused import kernels
+from s2s.cells.fused.lstm import FusedLSTMCell
+cell = FusedLSTMCell(3, 4)
+out, _ = cell(torch.randn(2, 5, 3), torch.tensor([5, 2]))
+out.sum().backward()
+print("ops", kernels.ops() is not None, out.grad_fn.name())
+"""
+
+
+def test_without_a_compiler_the_cell_warns_once_and_still_works(tmp_path):
+    """A machine without a working C++ compiler: one warning, the pure-PyTorch path runs."""
+    done = _run_isolated(FALLBACK_PROBE, S2S_CACHE=str(tmp_path), CXX=str(tmp_path / "no-cxx"))
+    assert done.returncode == 0, done.stderr
+    assert "ops False _SequenceBackward" in done.stdout
+    warnings = [line for line in done.stderr.splitlines() if "kernels unavailable" in line]
+    assert len(warnings) == 1 and "pure-PyTorch path" in warnings[0]
+
+
+def test_kernels_can_be_switched_off():
+    done = _run_isolated(FALLBACK_PROBE, S2S_FUSED_KERNELS="0")
+    assert done.returncode == 0, done.stderr
+    assert "ops False _SequenceBackward" in done.stdout
+    assert "unavailable" not in done.stderr

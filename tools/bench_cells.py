@@ -6,6 +6,8 @@
    vs torch.nn.LSTMCell looped over the same steps; float32 and bf16 autocast.
 2. whole sequence: B=64, T=20, input 256, hidden 256, `forward` + backward, vs torch.nn.LSTM.
 Prints one JSON line per case with median milliseconds and the speed-up (torch / cell).
+Both sides run in one process set up as s2s sets up training and translation
+(`s2s.runtime.tune_allocator`); `--system-malloc` leaves the allocator alone.
 """
 from __future__ import annotations
 
@@ -32,8 +34,13 @@ def main() -> None:
     parser.add_argument("--cell", default="fused-lstm")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--system-malloc", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.system_malloc:
+        from s2s.runtime import tune_allocator
+
+        tune_allocator()
     torch.manual_seed(0)
     from s2s.cells import registry
     from s2s.cells.deferred import deferred_weight_grads

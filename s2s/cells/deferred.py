@@ -10,8 +10,9 @@ B*T rows when backward reaches the weight: the same sum, computed where a CPU is
         for x_t in xs:
             y_t = linear(x_t, weight, bias)  # cells and the core call this instead of F.linear
 
-Outside the context (inference, no grad) `linear` is `F.linear`. Cells may use it in `step`;
-it is an optional speed-up, not part of the contract. Double backward is not supported.
+Outside the context (inference, no grad) `linear` is `F.linear` (computed by `s2s.gemm`).
+Cells may use it in `step`; it is an optional speed-up, not part of the contract. Double
+backward is not supported.
 Legend: B batch, I input size, O output size, N = sum over steps of B.
 """
 from __future__ import annotations
@@ -21,8 +22,9 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from s2s import gemm
 
 _local = threading.local()
 
@@ -38,10 +40,17 @@ class _Entry:
         present = [b for b in biases if b is not None]
         self.n_weights, self.n_biases = len(weights), len(present)
         self.bias = sum(b.detach() for b in present).to(dtype) if present else None  # [O]
+        self._parts: list[Tensor] | None = None
         self.inputs: list[Tensor] = []
         self.grads: list[Tensor] = []
         # 0-d; every use of these weights hangs on it
         self.token = _Gate.apply(self, *weights, *present)
+
+    def parts(self) -> list[Tensor]:
+        """The weight's column blocks, one per input, each contiguous (made once)."""
+        if self._parts is None:
+            self._parts = [w.contiguous() for w in self.weight.split(self.sizes, dim=1)]
+        return self._parts
 
 
 class _Gate(torch.autograd.Function):
@@ -61,7 +70,7 @@ class _Gate(torch.autograd.Function):
         x = torch.cat(entry.inputs)  # [N, sum(I)]
         g = torch.cat(entry.grads)  # [N, O]
         entry.inputs, entry.grads = [], []
-        d_weights = (g.t() @ x).split(entry.sizes, dim=1)  # each [O, I_k]
+        d_weights = gemm.mm(g.t(), x).split(entry.sizes, dim=1)  # each [O, I_k]
         d_bias = g.sum(dim=0) if entry.n_biases else None
         return (None, *d_weights, *([d_bias] * entry.n_biases))
 
@@ -73,7 +82,7 @@ class _Linear(torch.autograd.Function):
         x = torch.cat([x.to(dtype) for x in xs], dim=1) if len(xs) > 1 else xs[0].to(dtype)
         ctx.entry = entry
         ctx.save_for_backward(x, token)
-        return F.linear(x, entry.weight, entry.bias)
+        return gemm.addmm(entry.bias, x, entry.weight.t())
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -84,12 +93,10 @@ class _Linear(torch.autograd.Function):
         entry.grads.append(grad)
         needs = ctx.needs_input_grad[2:]
         if all(needs):
-            d_xs = (grad @ entry.weight).split(entry.sizes, dim=1)
+            d_xs = gemm.mm(grad, entry.weight).split(entry.sizes, dim=1)
         else:  # only the inputs that need a gradient: no GEMM work for the others
-            d_xs, start = [], 0
-            for size, need in zip(entry.sizes, needs):
-                d_xs.append(grad @ entry.weight[:, start:start + size] if need else None)
-                start += size
+            d_xs = [gemm.mm(grad, part) if need else None
+                    for part, need in zip(entry.parts(), needs)]
         return (torch.zeros_like(token), None, *d_xs)
 
 
@@ -127,9 +134,9 @@ def linear_cat(xs: list[Tensor], weights: list[Tensor], biases: list[Tensor | No
     """sum_k F.linear(xs[k], weights[k], biases[k]) as ONE GEMM: cat(xs) @ cat(weights)^T.
     Inside `deferred_weight_grads()` the weight and bias gradients are deferred as well."""
     if not active() or not weights[0].requires_grad:
-        out = F.linear(xs[0], weights[0], biases[0])
+        out = gemm.linear(xs[0], weights[0], biases[0])
         for x, w, b in zip(xs[1:], weights[1:], biases[1:]):
-            out = out + F.linear(x, w, b)
+            out = out + gemm.linear(x, w, b)
         return out
     context = _local.stack[-1]
     key = tuple(id(p) for p in (*weights, *biases))

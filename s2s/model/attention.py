@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from s2s import gemm
 from s2s.cells.deferred import linear
 
 
@@ -30,7 +31,7 @@ class Attention(nn.Module):
 
     def keys(self, memory: Tensor) -> Tensor:
         """Per-batch precomputation: [B, S, H_mem] -> keys [B, S, H]."""
-        return memory if self.kind == "dot" else self.key(memory)
+        return memory if self.kind == "dot" else gemm.linear(memory, self.key.weight)
 
     def forward(self, query: Tensor, memory: Tensor, keys: Tensor, mask: Tensor
                 ) -> tuple[Tensor, Tensor]:
@@ -39,7 +40,7 @@ class Attention(nn.Module):
         if self.kind == "bahdanau":
             query_part = linear(query, self.query.weight, self.query.bias)  # [B, H]
             hidden = torch.tanh(keys + query_part.unsqueeze(1))  # [B, S, H]
-            scores = self.v(hidden).squeeze(2)  # [B, S]
+            scores = gemm.linear(hidden, self.v.weight).squeeze(2)  # [B, S]
         else:
             scores = torch.bmm(keys, query.unsqueeze(2)).squeeze(2)  # [B, S]
         scores = scores.masked_fill(~mask, float("-inf"))

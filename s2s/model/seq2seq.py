@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from s2s import gemm
 from s2s.cells import State
 from s2s.cells.base import length_mask
 from s2s.cells.deferred import deferred_weight_grads
@@ -88,7 +89,9 @@ class Seq2Seq(nn.Module):
     # -- training --------------------------------------------------------------------------------
     def logits(self, hidden: Tensor) -> Tensor:
         """[..., H] -> [..., V]"""
-        return self.generator(self.project(hidden) if self.project is not None else hidden)
+        if self.project is not None:
+            hidden = gemm.linear(hidden, self.project.weight)
+        return gemm.linear(hidden, self.generator.weight, self.generator.bias)
 
     def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing: src [B, S], tgt_in [B, T] -> decoder outputs [B, T, H]

@@ -16,8 +16,62 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from s2s import gemm
+from s2s.cells import deferred
 from s2s.cells.base import State, length_mask
-from s2s.cells.lstm import LSTMCell, gates_backward, gates_forward
+from s2s.cells.fused import kernels
+from s2s.cells.lstm import LSTMCell, LSTMPointwise, gates_backward, gates_forward
+
+
+class _CompiledPointwise(torch.autograd.Function):
+    """LSTMPointwise with both directions as one compiled pass (float32 CPU)."""
+
+    @staticmethod
+    def forward(ctx, gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+        act, c, tanh_c, h = kernels.ops().pointwise_forward(gates.contiguous(),
+                                                            c_prev.contiguous())
+        ctx.save_for_backward(act, c_prev, tanh_c)
+        return h, c
+
+    @staticmethod
+    def backward(ctx, dh: Tensor, dc: Tensor) -> tuple[Tensor, Tensor]:
+        act, c_prev, tanh_c = ctx.saved_tensors
+        dh = dh.contiguous() if dh is not None else torch.zeros_like(c_prev)
+        dc = dc.contiguous() if dc is not None else torch.zeros_like(c_prev)
+        return kernels.ops().pointwise_backward(act, c_prev.contiguous(), tanh_c, dh, dc)
+
+
+class _CompiledSequence(torch.autograd.Function):
+    """_Sequence with the time loops in compiled code (float32 CPU); same inputs and outputs."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, mask: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor,
+                w_hh: Tensor, b_ih: Tensor, b_hh: Tensor):
+        x_tm = x.transpose(0, 1).contiguous()  # [T, B, I]
+        mask_tm = mask.t().contiguous()  # [T, B]
+        out, acts, hs, cs, tanh_cs = kernels.ops().sequence_forward(
+            x_tm, mask_tm, h0.contiguous(), c0.contiguous(), w_ih.contiguous(),
+            w_hh.contiguous(), (b_ih + b_hh).contiguous(), gemm.available())
+        ctx.save_for_backward(x_tm, mask_tm, w_ih, w_hh, acts, hs, cs, tanh_cs)
+        return out.transpose(0, 1), hs[-1].clone(), cs[-1].clone()
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor, d_h: Tensor, d_c: Tensor):
+        x_tm, mask_tm, w_ih, w_hh, acts, hs, cs, tanh_cs = ctx.saved_tensors
+        time, batch, _ = x_tm.shape
+        hidden = w_hh.shape[1]
+        d_out = d_out.transpose(0, 1) if d_out is not None else acts.new_zeros(time, batch, hidden)
+        d_h = d_h if d_h is not None else acts.new_zeros(batch, hidden)
+        d_c = d_c if d_c is not None else acts.new_zeros(batch, hidden)
+        d_gates, d_h0, d_c0 = kernels.ops().sequence_backward(
+            d_out, mask_tm, w_hh.contiguous(), acts, cs, tanh_cs, d_h, d_c, gemm.available())
+        flat = d_gates.view(time * batch, 4 * hidden)  # [T*B, 4H]
+        d_x = gemm.mm(flat, w_ih).view(time, batch, -1).transpose(0, 1) \
+            if ctx.needs_input_grad[0] else None
+        d_w_ih = gemm.mm(flat.t(), x_tm.view(time * batch, -1))  # [4H, I]
+        d_w_hh = gemm.mm(flat.t(), hs[:time].reshape(time * batch, hidden))  # [4H, H]
+        d_b = flat.sum(dim=0)
+        return d_x, None, d_h0, d_c0, d_w_ih, d_w_hh, d_b, d_b
 
 
 class _Sequence(torch.autograd.Function):
@@ -84,7 +138,14 @@ class FusedLSTMCell(LSTMCell):
         return [p.to(dtype) for p in params]
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        return self._gates_step(x, state)  # always, also where `lstm` uses torch.lstm_cell
+        # always the gate path, also where `lstm` uses torch.lstm_cell
+        h, c = state
+        gates = deferred.linear_cat([x, h], [self.weight_ih, self.weight_hh],
+                                    [self.bias_ih, self.bias_hh])  # [B, 4H]
+        c = c.to(gates.dtype)
+        pointwise = _CompiledPointwise if kernels.usable(gates, c) else LSTMPointwise
+        h, c = pointwise.apply(gates, c)
+        return h, (h, c)
 
     def forward(self, x: Tensor, lengths: Tensor, state: State | None = None
                 ) -> tuple[Tensor, State]:
@@ -93,7 +154,8 @@ class FusedLSTMCell(LSTMCell):
         if state is None:
             state = self.initial_state(batch, x.device, dtype)
         mask = length_mask(lengths, time, x.device).to(dtype)  # [B, T]
+        x, h0, c0 = x.to(dtype), state[0].to(dtype), state[1].to(dtype)
+        sequence = _CompiledSequence if kernels.usable(x, h0, c0) else _Sequence
         with torch.autocast("cpu", enabled=False):
-            out, h, c = _Sequence.apply(x.to(dtype), mask, state[0].to(dtype),
-                                        state[1].to(dtype), *self._weights(dtype))
+            out, h, c = sequence.apply(x, mask, h0, c0, *self._weights(dtype))
         return out, (h, c)

@@ -1,0 +1,90 @@
+"""The compiled fused-lstm kernels (lstm_kernels.cpp): built on first use, loaded after that.
+
+`ops()` returns `torch.ops.s2s_fused`, or None when the kernels cannot be used here — then
+fused-lstm runs its pure-PyTorch path (same math, slower), after one warning that says why.
+
+- Built with torch.utils.cpp_extension (needs a C++ compiler and ninja) into
+  `$S2S_CACHE/kernels/` (default `~/.cache/s2s/kernels/`), one directory per source, torch
+  version and machine, so a built library is reused by every later process without rebuilding.
+- The build takes about a minute, once. `S2S_FUSED_KERNELS=0` disables the kernels (the
+  pure-PyTorch path runs instead).
+- The kernels are float32 on CPU; other dtypes and devices take the pure-PyTorch path.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("s2s")
+
+_SOURCE = Path(__file__).with_name("lstm_kernels.cpp")
+_FLAGS = ["-O3", "-ffast-math", "-march=native", "-fopenmp"]  # -fopenmp: at::parallel_for
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _cpu_flags() -> bytes:
+    """-march=native code runs only on CPUs with these features."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.encode()
+    except OSError:
+        pass
+    return platform.processor().encode()
+
+
+def _build_dir() -> tuple[str, Path]:
+    key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), torch.__version__.encode(),
+                                     platform.machine().encode(), _cpu_flags(),
+                                     " ".join(_FLAGS).encode()])).hexdigest()[:16]
+    root = Path(os.environ.get("S2S_CACHE") or Path.home() / ".cache" / "s2s") / "kernels"
+    name = f"s2s_fused_{key}"
+    return name, root / name
+
+
+def _load():
+    if os.environ.get("S2S_FUSED_KERNELS", "1") == "0":
+        return None, "S2S_FUSED_KERNELS=0"
+    name, directory = _build_dir()
+    library = directory / f"{name}.so"
+    try:
+        if library.is_file():
+            torch.ops.load_library(str(library))
+        else:
+            from torch.utils import cpp_extension
+
+            directory.mkdir(parents=True, exist_ok=True)
+            log.warning("fused-lstm: compiling its CPU kernels once (about a minute) into %s",
+                        directory)
+            cpp_extension.load(name, [str(_SOURCE)], extra_cflags=_FLAGS,
+                               extra_ldflags=["-lmvec", "-fopenmp"], build_directory=str(directory),
+                               is_python_module=False, verbose=False)
+        return torch.ops.s2s_fused, None
+    except Exception as e:  # no compiler, no ninja, a failed build: the slow path still works
+        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+
+
+def ops():
+    """torch.ops.s2s_fused, or None (the pure-PyTorch path runs; warned about once)."""
+    if "ops" not in _state:
+        with _lock:
+            if "ops" not in _state:
+                result, why = _load()
+                if result is None and why != "S2S_FUSED_KERNELS=0":
+                    log.warning("fused-lstm: compiled kernels unavailable (%s); using the "
+                                "pure-PyTorch path, which is slower", why)
+                _state["ops"] = result
+    return _state["ops"]
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """True when the kernels handle these tensors (float32 on CPU) and are available."""
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors) \
+        and ops() is not None

@@ -1,0 +1,49 @@
+"""Process set-up for CPU-heavy work: torch's thread count and the C allocator.
+
+glibc's malloc hands large blocks (autograd buffers, logits) back to the kernel as soon as they
+are freed and takes fresh, zero-filled pages for the next step: in training that was 1.8 million
+page faults in 150 steps and 13% of the time. `tune_allocator` keeps freed memory in the process
+(mmap threshold 32 MiB, trim threshold 1 GiB), so steps reuse it. Peak RSS grows by a few
+percent. Set S2S_MALLOC=system to leave the allocator alone; other C libraries are left alone.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+import torch
+
+_M_TRIM_THRESHOLD = -1  # glibc malloc.h
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit
+_TRIM_THRESHOLD = 1 << 30
+
+_tuned: bool | None = None
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def tune_allocator() -> bool:
+    """Keep freed heap memory for reuse (glibc only; once per process). True if applied."""
+    global _tuned
+    if _tuned is not None:
+        return _tuned
+    _tuned = False
+    if os.environ.get("S2S_MALLOC", "").lower() == "system" or not sys.platform.startswith("linux"):
+        return _tuned
+    try:
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: leave them alone
+            return _tuned
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return _tuned
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    _tuned = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+                  and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    return _tuned
