@@ -47,29 +47,29 @@ class _CompiledSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, mask: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor,
                 w_hh: Tensor, b_ih: Tensor, b_hh: Tensor):
-        x_tm = x.transpose(0, 1).contiguous()  # [T, B, I]
-        mask_tm = mask.t().contiguous()  # [T, B]
-        out, acts, hs, cs, tanh_cs = kernels.ops().sequence_forward(
-            x_tm, mask_tm, h0.contiguous(), c0.contiguous(), w_ih.contiguous(),
-            w_hh.contiguous(), (b_ih + b_hh).contiguous(), gemm.available())
-        ctx.save_for_backward(x_tm, mask_tm, w_ih, w_hh, acts, hs, cs, tanh_cs)
-        return out.transpose(0, 1), hs[-1].clone(), cs[-1].clone()
+        w_ih, w_hh, mask = w_ih.contiguous(), w_hh.contiguous(), mask.contiguous()
+        out, h, c, xh, acts, cs, tanh_cs = kernels.ops().sequence_forward(
+            x.contiguous(), mask, h0.contiguous(), c0.contiguous(), w_ih, w_hh,
+            (b_ih + b_hh).contiguous(), gemm.available())
+        ctx.save_for_backward(mask, w_ih, w_hh, xh, acts, cs, tanh_cs)
+        return out, h, c
 
     @staticmethod
     def backward(ctx, d_out: Tensor, d_h: Tensor, d_c: Tensor):
-        x_tm, mask_tm, w_ih, w_hh, acts, hs, cs, tanh_cs = ctx.saved_tensors
-        time, batch, _ = x_tm.shape
+        mask, w_ih, w_hh, xh, acts, cs, tanh_cs = ctx.saved_tensors
+        batch, time, width = xh.shape
         hidden = w_hh.shape[1]
-        d_out = d_out.transpose(0, 1) if d_out is not None else acts.new_zeros(time, batch, hidden)
-        d_h = d_h if d_h is not None else acts.new_zeros(batch, hidden)
-        d_c = d_c if d_c is not None else acts.new_zeros(batch, hidden)
+        zeros = acts.new_zeros(batch, hidden)
+        d_out = d_out if d_out is not None else acts.new_zeros(1, 1, hidden).expand(
+            batch, time, hidden)
         d_gates, d_h0, d_c0 = kernels.ops().sequence_backward(
-            d_out, mask_tm, w_hh.contiguous(), acts, cs, tanh_cs, d_h, d_c, gemm.available())
-        flat = d_gates.view(time * batch, 4 * hidden)  # [T*B, 4H]
-        d_x = gemm.mm(flat, w_ih).view(time, batch, -1).transpose(0, 1) \
-            if ctx.needs_input_grad[0] else None
-        d_w_ih = gemm.mm(flat.t(), x_tm.view(time * batch, -1))  # [4H, I]
-        d_w_hh = gemm.mm(flat.t(), hs[:time].reshape(time * batch, hidden))  # [4H, H]
+            d_out, mask, w_hh, acts, cs, tanh_cs, zeros if d_h is None else d_h,
+            zeros if d_c is None else d_c, gemm.available())
+        flat = d_gates.view(batch * time, 4 * hidden)  # [B*T, 4H]
+        d_x = gemm.mm(flat, w_ih).view(batch, time, -1) if ctx.needs_input_grad[0] else None
+        # both weights' gradients in one GEMM: xh^T @ flat = [I + H, 4H]
+        d_w = gemm.mm(xh.view(batch * time, width).t(), flat).t()  # [4H, I + H]
+        d_w_ih, d_w_hh = d_w[:, :width - hidden], d_w[:, width - hidden:]
         d_b = flat.sum(dim=0)
         return d_x, None, d_h0, d_c0, d_w_ih, d_w_hh, d_b, d_b
 
