@@ -206,3 +206,18 @@ def test_kernels_can_be_switched_off():
     assert done.returncode == 0, done.stderr
     assert "ops False _SequenceBackward" in done.stdout
     assert "unavailable" not in done.stderr
+
+
+@needs_kernels
+def test_compiled_pointwise_in_bfloat16_matches_float32_math():
+    torch.manual_seed(4)
+    gates = torch.randn(3, 4 * 32).bfloat16().requires_grad_()
+    c_prev = torch.randn(3, 32).bfloat16().requires_grad_()
+    h, c = _CompiledPointwise.apply(gates, c_prev)
+    assert h.dtype == c.dtype == torch.bfloat16
+    d_gates, d_c = torch.autograd.grad(h.float().sum() + c.float().pow(2).sum(), [gates, c_prev])
+    g32, c32 = gates.detach().float().requires_grad_(), c_prev.detach().float().requires_grad_()
+    h_ref, c_ref = LSTMPointwise.apply(g32, c32)
+    d_ref = torch.autograd.grad(h_ref.sum() + c_ref.pow(2).sum(), [g32, c32])
+    for ours, ref in ((h, h_ref), (c, c_ref), (d_gates, d_ref[0]), (d_c, d_ref[1])):
+        torch.testing.assert_close(ours.float(), ref, rtol=2e-2, atol=2e-2)

@@ -8,7 +8,8 @@ fused-lstm runs its pure-PyTorch path (same math, slower), after one warning tha
   version and machine, so a built library is reused by every later process without rebuilding.
 - The build takes about a minute, once. `S2S_FUSED_KERNELS=0` disables the kernels (the
   pure-PyTorch path runs instead).
-- The kernels are float32 on CPU; other dtypes and devices take the pure-PyTorch path.
+- The kernels are float32 on CPU (the step's gate pointwise work also bfloat16); other dtypes
+  and devices take the pure-PyTorch path.
 """
 from __future__ import annotations
 
@@ -84,7 +85,9 @@ def ops():
     return _state["ops"]
 
 
-def usable(*tensors: torch.Tensor) -> bool:
-    """True when the kernels handle these tensors (float32 on CPU) and are available."""
-    return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors) \
+def usable(*tensors: torch.Tensor, bf16: bool = False) -> bool:
+    """True when the kernels handle these tensors (float32, or also bfloat16 where `bf16`, on
+    CPU) and are available."""
+    dtypes = (torch.float32, torch.bfloat16) if bf16 else (torch.float32,)
+    return all(t.dtype in dtypes and t.device.type == "cpu" for t in tensors) \
         and ops() is not None

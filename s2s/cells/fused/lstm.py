@@ -24,7 +24,8 @@ from s2s.cells.lstm import LSTMCell, LSTMPointwise, gates_backward, gates_forwar
 
 
 class _CompiledPointwise(torch.autograd.Function):
-    """LSTMPointwise with both directions as one compiled pass (float32 CPU)."""
+    """LSTMPointwise with both directions as one compiled pass (float32 or bfloat16 CPU; the
+    math in float32)."""
 
     @staticmethod
     def forward(ctx, gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
@@ -36,8 +37,8 @@ class _CompiledPointwise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh: Tensor, dc: Tensor) -> tuple[Tensor, Tensor]:
         act, c_prev, tanh_c = ctx.saved_tensors
-        dh = dh.contiguous() if dh is not None else torch.zeros_like(c_prev)
-        dc = dc.contiguous() if dc is not None else torch.zeros_like(c_prev)
+        dh = dh.to(act.dtype).contiguous() if dh is not None else torch.zeros_like(c_prev)
+        dc = dc.to(act.dtype).contiguous() if dc is not None else torch.zeros_like(c_prev)
         return kernels.ops().pointwise_backward(act, c_prev.contiguous(), tanh_c, dh, dc)
 
 
@@ -143,7 +144,7 @@ class FusedLSTMCell(LSTMCell):
         gates = deferred.linear_cat([x, h], [self.weight_ih, self.weight_hh],
                                     [self.bias_ih, self.bias_hh])  # [B, 4H]
         c = c.to(gates.dtype)
-        pointwise = _CompiledPointwise if kernels.usable(gates, c) else LSTMPointwise
+        pointwise = _CompiledPointwise if kernels.usable(gates, c, bf16=True) else LSTMPointwise
         h, c = pointwise.apply(gates, c)
         return h, (h, c)
 

@@ -15,6 +15,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
 namespace {
 
@@ -94,22 +96,73 @@ inline void row_backward(const float* __restrict act, const float* __restrict cp
   }
 }
 
-// (gates [B, 4H], c_prev [B, H]) -> (act [B, 4H], c, tanh_c, h [B, H])
+// bfloat16 <-> float by bits (round to nearest even, NaN kept), simple enough to vectorise
+inline float bf2f(uint16_t v) {
+  uint32_t u = uint32_t(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t f2bf(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return (u & 0x7fffffffu) > 0x7f800000u ? uint16_t(0x7fc0) : uint16_t(rounded);
+}
+
+// Row-wise access to [B, n] tensors of float32 (used in place) or bfloat16 (converted through
+// per-thread float buffers, so the math is always float32 and vectorised).
+struct Rows {
+  Tensor t;
+  int64_t n;
+  bool bf16;
+  Rows(const Tensor& tensor) : t(tensor), n(tensor.size(1)), bf16(tensor.scalar_type() == at::kBFloat16) {}
+  const float* load(int64_t b, std::vector<float>& buf) const {
+    if (!bf16) return t.data_ptr<float>() + b * n;
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()) + b * n;
+    buf.resize(n);
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) buf[j] = bf2f(src[j]);
+    return buf.data();
+  }
+  float* out(int64_t b, std::vector<float>& buf) const {
+    if (!bf16) return t.data_ptr<float>() + b * n;
+    buf.resize(n);
+    return buf.data();
+  }
+  void store(int64_t b, const std::vector<float>& buf) const {
+    if (!bf16) return;
+    uint16_t* dst = reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()) + b * n;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dst[j] = f2bf(buf[j]);
+  }
+};
+
+void check_rows(const Tensor& t, const Tensor& like, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.dim() == 2 &&
+                  t.scalar_type() == like.scalar_type() &&
+                  (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16),
+              "s2s_fused: ", name, " must be a contiguous 2-d float32 or bfloat16 CPU tensor "
+              "of the gates' dtype");
+}
+
+// (gates [B, 4H], c_prev [B, H]) -> (act [B, 4H], c, tanh_c, h [B, H]); float32 or bfloat16
 std::tuple<Tensor, Tensor, Tensor, Tensor> pointwise_forward(const Tensor& gates,
                                                              const Tensor& c_prev) {
-  check(gates, "gates");
-  check(c_prev, "c_prev");
+  check_rows(gates, gates, "gates");
+  check_rows(c_prev, gates, "c_prev");
   const int64_t B = c_prev.size(0), H = c_prev.size(1);
   TORCH_CHECK(gates.size(0) == B && gates.size(1) == 4 * H, "s2s_fused: gates must be [B, 4H]");
   Tensor act = at::empty_like(gates), c = at::empty_like(c_prev), tc = at::empty_like(c_prev),
          h = at::empty_like(c_prev);
-  const float *pg = gates.data_ptr<float>(), *pc = c_prev.data_ptr<float>();
-  float *pa = act.data_ptr<float>(), *pcn = c.data_ptr<float>(), *ptc = tc.data_ptr<float>(),
-        *ph = h.data_ptr<float>();
+  Rows rg(gates), rcp(c_prev), ra(act), rc(c), rtc(tc), rh(h);
   at::parallel_for(0, B, grain(H), [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b)
-      row_forward<false>(pg + b * 4 * H, nullptr, pc + b * H, pa + b * 4 * H, pcn + b * H, ptc + b * H,
-                  ph + b * H, H);
+    std::vector<float> bg, bcp, ba, bc, btc, bh;
+    for (int64_t b = begin; b < end; ++b) {
+      float *pa = ra.out(b, ba), *pc = rc.out(b, bc), *ptc = rtc.out(b, btc), *ph = rh.out(b, bh);
+      row_forward<false>(rg.load(b, bg), nullptr, rcp.load(b, bcp), pa, pc, ptc, ph, H);
+      ra.store(b, ba), rc.store(b, bc), rtc.store(b, btc), rh.store(b, bh);
+    }
   });
   return {act, c, tc, h};
 }
@@ -120,17 +173,18 @@ std::tuple<Tensor, Tensor> pointwise_backward(const Tensor& act, const Tensor& c
                                               const Tensor& dc) {
   for (auto& [t, n] : {std::pair<const Tensor&, const char*>{act, "act"}, {c_prev, "c_prev"},
                        {tanh_c, "tanh_c"}, {dh, "dh"}, {dc, "dc"}})
-    check(t, n);
+    check_rows(t, act, n);
   const int64_t B = c_prev.size(0), H = c_prev.size(1);
   Tensor dg = at::empty_like(act), dcp = at::empty_like(c_prev);
-  const float *pa = act.data_ptr<float>(), *pc = c_prev.data_ptr<float>(),
-              *ptc = tanh_c.data_ptr<float>(), *pdh = dh.data_ptr<float>(),
-              *pdc = dc.data_ptr<float>();
-  float *pdg = dg.data_ptr<float>(), *pdcp = dcp.data_ptr<float>();
+  Rows ra(act), rcp(c_prev), rtc(tanh_c), rdh(dh), rdc(dc), rdg(dg), rdcp(dcp);
   at::parallel_for(0, B, grain(H), [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b)
-      row_backward(pa + b * 4 * H, pc + b * H, ptc + b * H, pdh + b * H, pdc + b * H,
-                   pdg + b * 4 * H, pdcp + b * H, H);
+    std::vector<float> ba, bcp, btc, bdh, bdc, bdg, bdcp;
+    for (int64_t b = begin; b < end; ++b) {
+      float *pdg = rdg.out(b, bdg), *pdcp = rdcp.out(b, bdcp);
+      row_backward(ra.load(b, ba), rcp.load(b, bcp), rtc.load(b, btc), rdh.load(b, bdh),
+                   rdc.load(b, bdc), pdg, pdcp, H);
+      rdg.store(b, bdg), rdcp.store(b, bdcp);
+    }
   });
   return {dg, dcp};
 }
