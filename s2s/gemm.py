@@ -34,17 +34,21 @@ def _find():
         return None
 
 
-_op = _find()
+_UNSET = object()
+_op = _UNSET  # found on first use, not at import: s2s.runtime may set oneDNN's options first
 
 
 def available() -> bool:
     """True when float32 CPU products go through oneDNN."""
+    global _op
+    if _op is _UNSET:
+        _op = _find()
     return _op is not None
 
 
 def _usable(*tensors: Tensor) -> bool:
-    return _op is not None and all(t.dtype == torch.float32 and t.device.type == "cpu"
-                                   for t in tensors) \
+    return available() and all(t.dtype == torch.float32 and t.device.type == "cpu"
+                               for t in tensors) \
         and not torch.is_autocast_enabled("cpu")
 
 

@@ -29,7 +29,7 @@ from s2s.cells import registry
 from s2s.errors import CheckpointError, ConfigError, DataError, TrainingError
 from s2s.model import Seq2Seq
 from s2s.tokenizer import Tokenizer
-from s2s.runtime import set_threads, tune_allocator
+from s2s.runtime import limit_onednn_caches, set_threads, tune_allocator
 from s2s.translate import translate_lines
 
 CONFIG_FILE = "config.yaml"
@@ -253,6 +253,7 @@ class Trainer:
         registry.check_options(cell_cls, entry, dict(cfg.model.cell_options))
         set_threads(cfg.train.threads)
         tune_allocator()
+        limit_onednn_caches()
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed)

@@ -22,3 +22,16 @@ def test_allocator_is_tuned_once_on_glibc():
 
 def test_allocator_left_alone_on_request():
     assert _probe(S2S_MALLOC="system") == ["False", "False"]
+
+
+def test_onednn_cache_limit_is_a_default_and_set_before_gemm_starts_onednn():
+    code = ("import os, s2s.gemm as g, s2s.runtime as r; assert g._op is g._UNSET; "
+            "r.limit_onednn_caches(); print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], "
+            "os.environ['LRU_CACHE_CAPACITY'])")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+    run = lambda **extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+        check=True).stdout.split()
+    assert run() == ["32", "32"]
+    assert run(ONEDNN_PRIMITIVE_CACHE_CAPACITY="7") == ["7", "32"]  # an explicit setting wins
