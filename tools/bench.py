@@ -9,6 +9,8 @@ training steps, the peers' own counter; peak_rss_mb = this process's peak). Tran
 `s2s translate` as a separate process per beam, timed whole (start-up and model load included,
 as the peer scripts time theirs): translate_sents_s[beam] = input lines / wall seconds.
 Set threads with --threads (default 2, the machine's cores); never run two benchmarks at once.
+`--translate-precision bf16 --translate-batch-size 128` are passed to `s2s translate`;
+`--skip-train --run-dir RUN` translates with an already trained run.
 """
 from __future__ import annotations
 
@@ -34,10 +36,19 @@ def main() -> None:
     parser.add_argument("--reference", metavar="FILE", help="reference to score with sacreBLEU")
     parser.add_argument("--beam", type=int, action="append", default=[])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--translate-precision", choices=["fp32", "bf16"], default="fp32",
+                        help="s2s translate --precision")
+    parser.add_argument("--translate-batch-size", type=int, default=64,
+                        help="s2s translate --batch-size")
     parser.add_argument("--run-dir", help="keep the run here (default: a temporary directory)")
+    parser.add_argument("--skip-train", action="store_true",
+                        help="translate with the trained run in --run-dir instead of training")
     args = parser.parse_args()
-    if not (args.train_steps or args.train_seconds):
-        parser.error("give --train-steps or --train-seconds")
+    if args.skip_train:
+        if not (args.run_dir and args.translate):
+            parser.error("--skip-train needs --run-dir (a trained run) and --translate")
+    elif not (args.train_steps or args.train_seconds):
+        parser.error("give --train-steps or --train-seconds (or --skip-train)")
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
@@ -51,28 +62,33 @@ def main() -> None:
     overrides = [*args.overrides, f"train.max_steps={args.train_steps}",
                  f"train.max_time={args.train_seconds}", f"train.threads={args.threads}",
                  "train.valid_bleu=false", "train.metric=loss"]
-    try:
-        cfg = config.load(args.config, overrides)
-        started = time.monotonic()
-        result = train(cfg, run_dir, console=False)
-    except S2SError as exc:
-        sys.exit(f"error: {exc}")
     out = {"config": args.config, "overrides": args.overrides, "threads": args.threads,
-           "cell": cfg.model.cell, "precision": cfg.train.precision, "steps": result["step"],
-           "train_wall_s": round(time.monotonic() - started, 1),
-           "train_tgt_tok_s": round(result["train_tgt_tok_s"], 1),
-           "val_ppl": round(result["val/ppl"], 3),
-           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "run_dir": str(run_dir)}
+    if not args.skip_train:
+        try:
+            cfg = config.load(args.config, overrides)
+            started = time.monotonic()
+            result = train(cfg, run_dir, console=False)
+        except S2SError as exc:
+            sys.exit(f"error: {exc}")
+        out.update({"cell": cfg.model.cell, "precision": cfg.train.precision,
+                    "steps": result["step"],
+                    "train_wall_s": round(time.monotonic() - started, 1),
+                    "train_tgt_tok_s": round(result["train_tgt_tok_s"], 1),
+                    "val_ppl": round(result["val/ppl"], 3),
+                    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                         / 1024, 1)})
     if args.translate:
         n_lines = sum(1 for _ in open(args.translate, "rb"))
+        out["translate_precision"] = args.translate_precision
         out["translate_sents_s"], out["translate_wall_s"], out["bleu"] = {}, {}, {}
         for beam in args.beam or [1]:
             hyp = run_dir / f"hyp.beam{beam}.txt"
             started = time.monotonic()
             subprocess.run([sys.executable, "-m", "s2s", "translate", str(run_dir), "-i",
                             args.translate, "-o", str(hyp), "--beam", str(beam), "--threads",
-                            str(args.threads)], check=True)
+                            str(args.threads), "--precision", args.translate_precision,
+                            "--batch-size", str(args.translate_batch_size)], check=True)
             wall = time.monotonic() - started
             out["translate_wall_s"][beam] = round(wall, 2)
             out["translate_sents_s"][beam] = round(n_lines / wall, 1)
