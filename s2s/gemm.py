@@ -67,7 +67,7 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
 
 def addmm(bias: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
     """bias [N] + a [M, K] @ b [K, N] (no autograd)."""
-    if not _usable(a, b):
+    if not _usable(a, b) or a.numel() == 0 or b.numel() == 0:  # oneDNN rejects empty shapes
         return a @ b if bias is None else torch.addmm(bias, a, b)
     return _op(_dense(a), _dense(b.t()), bias, "none", [], "")
 
@@ -92,6 +92,7 @@ class _OneDnnLinear(torch.autograd.Function):
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear (x [..., I], weight [O, I], bias [O]) with its GEMMs through `mm`."""
-    if not _usable(x, weight) or (bias is not None and not _usable(bias)):
+    if not _usable(x, weight) or (bias is not None and not _usable(bias)) \
+            or x.numel() == 0 or weight.numel() == 0:
         return F.linear(x, weight, bias)
     return _OneDnnLinear.apply(x, weight, bias)

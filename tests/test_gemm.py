@@ -59,3 +59,10 @@ def test_switch_off_with_environment_variable():
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "S2S_GEMM": "torch"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("rows, inner", [(0, 5), (4, 0), (1, 5), (4, 1)])
+def test_empty_and_size_one_shapes(rows, inner):
+    x, w, b = torch.randn(rows, inner), torch.randn(3, inner), torch.randn(3)
+    torch.testing.assert_close(gemm.linear(x, w, b), F.linear(x, w, b))
+    torch.testing.assert_close(gemm.mm(x, w.t()), x @ w.t())

@@ -36,7 +36,7 @@ void check(const Tensor& t, const char* name) {
 // mkldnn::_linear_pointwise, faster than MKL's sgemm on the machines s2s is measured on; see
 // s2s/gemm.py) when `onednn`, else at::addmm (MKL).
 Tensor linear(const Tensor& a, const Tensor& w, const std::optional<Tensor>& bias, bool onednn) {
-  if (onednn) {
+  if (onednn && a.numel() > 0 && w.numel() > 0) {  // oneDNN rejects empty shapes
     static const c10::OperatorHandle op =
         c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
     torch::jit::Stack stack{a, w, bias ? c10::IValue(*bias) : c10::IValue(),
