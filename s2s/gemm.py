@@ -17,6 +17,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def _find():
@@ -47,8 +48,8 @@ def available() -> bool:
 
 
 def _usable(*tensors: Tensor) -> bool:
-    return available() and all(t.dtype == torch.float32 and t.device.type == "cpu"
-                               for t in tensors) \
+    return available() and torch._C._get_mkldnn_enabled() \
+        and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors) \
         and not torch.is_autocast_enabled("cpu")
 
 
@@ -66,13 +67,22 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
 
 
 def addmm(bias: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
-    """bias [N] + a [M, K] @ b [K, N] (no autograd)."""
-    if not _usable(a, b) or a.numel() == 0 or b.numel() == 0:  # oneDNN rejects empty shapes
+    """bias [N] + a [M, K] @ b [K, N] (no autograd).
+
+    torch (MKL) computes it when oneDNN cannot or should not: empty shapes (oneDNN rejects
+    them), a bias that is not a plain [N] vector (oneDNN would read it as one), and an `a` that
+    is not row-major, such as the transposed gradient of a weight-gradient product (oneDNN
+    copies it first; MKL reads it in place and is as fast there)."""
+    plain_bias = bias is None or (bias.dim() == 1 and bias.shape[0] == b.shape[1]
+                                  and _usable(bias))
+    if not (_usable(a, b) and plain_bias and a.numel() and b.numel() and a.is_contiguous()):
         return a @ b if bias is None else torch.addmm(bias, a, b)
-    return _op(_dense(a), _dense(b.t()), bias, "none", [], "")
+    return _op(a, _dense(b.t()), None if bias is None else bias.contiguous(), "none", [], "")
 
 
 class _OneDnnLinear(torch.autograd.Function):
+    # backward: oneDNN products have no autograd formula, so double backward is an error (not
+    # a silent zero); autocast off, so gradients stay float32 like the forward
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
@@ -81,6 +91,8 @@ class _OneDnnLinear(torch.autograd.Function):
         return addmm(bias, flat, weight.t()).view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
+    @once_differentiable
+    @torch.autocast("cpu", enabled=False)
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1])  # [N, O]
@@ -92,7 +104,8 @@ class _OneDnnLinear(torch.autograd.Function):
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear (x [..., I], weight [O, I], bias [O]) with its GEMMs through `mm`."""
-    if not _usable(x, weight) or (bias is not None and not _usable(bias)) \
-            or x.numel() == 0 or weight.numel() == 0:
+    odd_bias = bias is not None and not (_usable(bias) and bias.dim() == 1
+                                         and bias.shape[0] == weight.shape[0])
+    if not _usable(x, weight) or odd_bias or x.numel() == 0 or weight.numel() == 0:
         return F.linear(x, weight, bias)
     return _OneDnnLinear.apply(x, weight, bias)

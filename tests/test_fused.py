@@ -221,3 +221,39 @@ def test_compiled_pointwise_in_bfloat16_matches_float32_math():
     d_ref = torch.autograd.grad(h_ref.sum() + c_ref.pow(2).sum(), [g32, c32])
     for ours, ref in ((h, h_ref), (c, c_ref), (d_gates, d_ref[0]), (d_c, d_ref[1])):
         torch.testing.assert_close(ours.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_kernels_build_wherever_a_compiler_and_ninja_exist():
+    """Without this, a C++ error would only skip the compiled-path tests."""
+    import shutil
+
+    if not (shutil.which(os.environ.get("CXX", "c++")) and shutil.which("ninja")):
+        pytest.skip("no C++ compiler or ninja here")
+    assert kernels.ops() is not None
+
+
+@needs_kernels
+def test_compiled_kernels_saturate_like_torch_at_extreme_preactivations():
+    values = torch.tensor([-1e4, -100.0, -89.0, -30.0, 0.0, 30.0, 89.0, 100.0, 1e4,
+                           float("-inf"), float("inf")])
+    hid = 16
+    gates = values.repeat(4 * hid // len(values) + 1)[:4 * hid].repeat(3, 1)  # [3, 4H]
+    c_prev = torch.linspace(-2, 2, 3 * hid).view(3, hid)
+    ours = _CompiledPointwise.apply(gates, c_prev)
+    ref = LSTMPointwise.apply(gates, c_prev)
+    for a, b in zip(ours, ref):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b)
+    torch.manual_seed(5)
+    fused, _ = _float_pair(3, 8)
+    x = torch.randn(2, 4, 3) * 300
+    out, _ = fused(x, torch.tensor([4, 2]))
+    assert torch.isfinite(out).all()
+
+
+@needs_kernels
+def test_compiled_sequence_rejects_a_wrong_state_shape_with_an_error():
+    fused, _ = _float_pair(3, 8)
+    with pytest.raises(RuntimeError, match=r"initial state must be \[B, H\]"):
+        fused(torch.randn(4, 5, 3), torch.tensor([5, 5, 3, 1]),
+              (torch.randn(1, 8), torch.randn(1, 8)))

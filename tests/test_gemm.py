@@ -66,3 +66,29 @@ def test_empty_and_size_one_shapes(rows, inner):
     x, w, b = torch.randn(rows, inner), torch.randn(3, inner), torch.randn(3)
     torch.testing.assert_close(gemm.linear(x, w, b), F.linear(x, w, b))
     torch.testing.assert_close(gemm.mm(x, w.t()), x @ w.t())
+
+
+def test_onednn_is_used_where_torch_has_it():
+    assert gemm.available() == (torch.backends.mkldnn.is_available()
+                                and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+@pytest.mark.parametrize("bias", [
+    torch.arange(14.0)[::2],  # strided
+    torch.tensor([0.5]).expand(7),  # expanded
+    torch.tensor(0.25),  # 0-d: broadcast
+    torch.tensor([0.25]),  # [1]: broadcast
+])
+def test_any_bias_torch_accepts_gives_torchs_result(bias):
+    x, w = torch.randn(4, 5), torch.randn(7, 5)
+    torch.testing.assert_close(gemm.addmm(bias, x, w.t()), torch.addmm(bias, x, w.t()))
+    torch.testing.assert_close(gemm.linear(x, w, bias), F.linear(x, w, bias))
+
+
+def test_double_backward_is_an_error_not_a_silent_zero():
+    x = torch.randn(3, 4, requires_grad=True)
+    w = torch.randn(5, 4, requires_grad=True)
+    (g,) = torch.autograd.grad(gemm.linear(x, w).pow(2).sum(), x, create_graph=True)
+    if gemm.available():
+        with pytest.raises(RuntimeError):
+            torch.autograd.grad(g.sum(), w)

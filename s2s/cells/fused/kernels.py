@@ -6,7 +6,8 @@ fused-lstm runs its pure-PyTorch path (same math, slower), after one warning tha
 - Built with torch.utils.cpp_extension (needs a C++ compiler and ninja) into
   `$S2S_CACHE/kernels/` (default `~/.cache/s2s/kernels/`), one directory per source, torch
   version and machine, so a built library is reused by every later process without rebuilding.
-- The build takes about a minute, once. `S2S_FUSED_KERNELS=0` disables the kernels (the
+- The build takes about 15 s, once, in a private directory; the library is then moved into
+  place atomically. `S2S_FUSED_KERNELS=0` disables the kernels (the
   pure-PyTorch path runs instead).
 - The kernels are float32 on CPU (the step's gate pointwise work also bfloat16); other dtypes
   and devices take the pure-PyTorch path.
@@ -17,6 +18,8 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -50,26 +53,48 @@ def _build_dir() -> tuple[str, Path]:
     return name, root / name
 
 
+def _build(name: str, library: Path) -> None:
+    """Compile into a private directory, then move the library into place atomically: a killed
+    build leaves no lock and no half-written library behind, and concurrent builds only
+    duplicate work."""
+    from torch.utils import cpp_extension
+
+    library.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{name}.build-", dir=library.parent.parent))
+    try:
+        log.warning("fused-lstm: compiling its CPU kernels once (about 15 s) into %s",
+                    library.parent)
+        cpp_extension.load(name, [str(_SOURCE)], extra_cflags=_FLAGS,
+                           extra_ldflags=["-lmvec", "-fopenmp"], build_directory=str(scratch),
+                           is_python_module=False, verbose=False)
+        os.replace(scratch / library.name, library)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _reason(error: Exception) -> str:
+    """The line of a failed build that says why (a compiler error), else its last line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    found = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "")
+    return f"{type(error).__name__}: {found}"
+
+
 def _load():
     if os.environ.get("S2S_FUSED_KERNELS", "1") == "0":
         return None, "S2S_FUSED_KERNELS=0"
-    name, directory = _build_dir()
-    library = directory / f"{name}.so"
     try:
+        name, directory = _build_dir()
+        library = directory / f"{name}.so"
         if library.is_file():
-            torch.ops.load_library(str(library))
-        else:
-            from torch.utils import cpp_extension
-
-            directory.mkdir(parents=True, exist_ok=True)
-            log.warning("fused-lstm: compiling its CPU kernels once (about a minute) into %s",
-                        directory)
-            cpp_extension.load(name, [str(_SOURCE)], extra_cflags=_FLAGS,
-                               extra_ldflags=["-lmvec", "-fopenmp"], build_directory=str(directory),
-                               is_python_module=False, verbose=False)
+            try:
+                torch.ops.load_library(str(library))
+                return torch.ops.s2s_fused, None
+            except OSError:  # damaged (say, copied half-way): build it again
+                library.unlink(missing_ok=True)
+        _build(name, library)  # loads it into this process too
         return torch.ops.s2s_fused, None
     except Exception as e:  # no compiler, no ninja, a failed build: the slow path still works
-        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        return None, _reason(e)
 
 
 def ops():

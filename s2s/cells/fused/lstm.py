@@ -56,6 +56,7 @@ class _CompiledSequence(torch.autograd.Function):
         return out, h, c
 
     @staticmethod
+    @torch.autocast("cpu", enabled=False)  # float32 kernels, also if backward runs in autocast
     def backward(ctx, d_out: Tensor, d_h: Tensor, d_c: Tensor):
         mask, w_ih, w_hh, xh, acts, cs, tanh_cs = ctx.saved_tensors
         batch, time, width = xh.shape
@@ -67,7 +68,8 @@ class _CompiledSequence(torch.autograd.Function):
             d_out, mask, w_hh, acts, cs, tanh_cs, zeros if d_h is None else d_h,
             zeros if d_c is None else d_c, gemm.available())
         flat = d_gates.view(batch * time, 4 * hidden)  # [B*T, 4H]
-        d_x = gemm.mm(flat, w_ih).view(batch, time, -1) if ctx.needs_input_grad[0] else None
+        d_x = gemm.mm(flat, w_ih).view(batch, time, width - hidden) \
+            if ctx.needs_input_grad[0] else None
         # both weights' gradients in one GEMM: xh^T @ flat = [I + H, 4H]
         d_w = gemm.mm(xh.view(batch * time, width).t(), flat).t()  # [4H, I + H]
         d_w_ih, d_w_hh = d_w[:, :width - hidden], d_w[:, width - hidden:]

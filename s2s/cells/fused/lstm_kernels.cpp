@@ -13,6 +13,7 @@
 #include <ATen/core/stack.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -22,7 +23,9 @@ namespace {
 
 using at::Tensor;
 
-inline float sigm(float x) { return 1.f / (1.f + expf(-x)); }
+// exp's argument is capped: under -ffast-math the division becomes a reciprocal estimate, which
+// turns 1 / inf into NaN (e^88 is finite); NaN inputs still give NaN.
+inline float sigm(float x) { return 1.f / (1.f + expf(std::min(-x, 88.f))); }
 
 // rows per parallel chunk: about 32k floats of gates
 inline int64_t grain(int64_t hidden) { return std::max<int64_t>(1, 8192 / hidden); }
@@ -51,7 +54,7 @@ Tensor linear(const Tensor& a, const Tensor& w, const std::optional<Tensor>& bia
 // w [N, K] in oneDNN's blocked layout for products with `rows`-row inputs: saves 10-17% per
 // product, worth it when the same weight serves every time step. Identity without oneDNN.
 Tensor pack(const Tensor& w, int64_t rows, bool onednn) {
-  if (!onednn) return w;
+  if (!onednn || rows == 0 || w.numel() == 0) return w;
   static const c10::OperatorHandle op =
       c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
   torch::jit::Stack stack{w.contiguous(), c10::IValue(rows)};
@@ -175,6 +178,9 @@ std::tuple<Tensor, Tensor> pointwise_backward(const Tensor& act, const Tensor& c
                        {tanh_c, "tanh_c"}, {dh, "dh"}, {dc, "dc"}})
     check_rows(t, act, n);
   const int64_t B = c_prev.size(0), H = c_prev.size(1);
+  TORCH_CHECK(act.sizes() == at::IntArrayRef({B, 4 * H}) && tanh_c.sizes() == c_prev.sizes() &&
+                  dh.sizes() == c_prev.sizes() && dc.sizes() == c_prev.sizes(),
+              "s2s_fused: pointwise_backward got tensors of mismatched shapes");
   Tensor dg = at::empty_like(act), dcp = at::empty_like(c_prev);
   Rows ra(act), rcp(c_prev), rtc(tanh_c), rdh(dh), rdc(dc), rdg(dg), rdcp(dcp);
   at::parallel_for(0, B, grain(H), [&](int64_t begin, int64_t end) {
@@ -200,7 +206,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
   for (auto& [t, n] : {std::pair<const Tensor&, const char*>{x, "x"}, {mask, "mask"},
                        {h0, "h0"}, {c0, "c0"}, {w_ih, "w_ih"}, {w_hh, "w_hh"}, {bias, "bias"}})
     check(t, n);
+  TORCH_CHECK(x.dim() == 3 && w_hh.dim() == 2, "s2s_fused: x must be [B, T, I]");
   const int64_t B = x.size(0), T = x.size(1), I = x.size(2), H = w_hh.size(1);
+  TORCH_CHECK(mask.sizes() == at::IntArrayRef({B, T}), "s2s_fused: mask must be [B, T]");
+  TORCH_CHECK(h0.sizes() == at::IntArrayRef({B, H}) && c0.sizes() == at::IntArrayRef({B, H}),
+              "s2s_fused: the initial state must be [B, H] = [", B, ", ", H, "] tensors");
+  TORCH_CHECK(w_ih.sizes() == at::IntArrayRef({4 * H, I}) &&
+                  w_hh.sizes() == at::IntArrayRef({4 * H, H}) &&
+                  bias.sizes() == at::IntArrayRef({4 * H}),
+              "s2s_fused: weights must be [4H, I], [4H, H] and bias [4H]");
   Tensor xw = linear(x.view({B * T, I}), w_ih, bias, onednn);  // [B*T, 4H], row b*T + t
   Tensor xh = at::empty({B, T, I + H}, x.options());
   xh.narrow(2, 0, I).copy_(x);
@@ -253,6 +267,10 @@ std::tuple<Tensor, Tensor, Tensor> sequence_backward(const Tensor& d_out_in, con
                        {acts, "acts"}, {cs, "cs"}, {tcs, "tcs"}})
     check(t, n);
   const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1);
+  TORCH_CHECK(d_out.sizes() == at::IntArrayRef({B, T, H}) && d_out.scalar_type() == at::kFloat &&
+                  d_h_in.sizes() == at::IntArrayRef({B, H}) &&
+                  d_c_in.sizes() == at::IntArrayRef({B, H}),
+              "s2s_fused: sequence_backward got gradients of the wrong shape or dtype");
   const int64_t so_b = d_out.stride(0), so_t = d_out.stride(1);
   Tensor d_gates = at::empty({B, T, 4 * H}, acts.options());
   Tensor step = at::empty({B, 4 * H}, acts.options());  // this step's d_gates, contiguous
