@@ -53,6 +53,11 @@ def _usable(*tensors: Tensor) -> bool:
         and not torch.is_autocast_enabled("cpu")
 
 
+def _plain_bias(bias: Tensor | None, n: int) -> bool:
+    """No bias, or a float32 CPU [n] vector: oneDNN reads any bias as one (no broadcasting)."""
+    return bias is None or (bias.dim() == 1 and bias.shape[0] == n and _usable(bias))
+
+
 def _dense(t: Tensor) -> Tensor:
     """t itself if row- or column-major without gaps, else a contiguous copy: with other
     strides (a column slice, an expanded gradient) oneDNN falls back to a reference kernel
@@ -73,9 +78,8 @@ def addmm(bias: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
     them), a bias that is not a plain [N] vector (oneDNN would read it as one), and an `a` that
     is not row-major, such as the transposed gradient of a weight-gradient product (oneDNN
     copies it first; MKL reads it in place and is as fast there)."""
-    plain_bias = bias is None or (bias.dim() == 1 and bias.shape[0] == b.shape[1]
-                                  and _usable(bias))
-    if not (_usable(a, b) and plain_bias and a.numel() and b.numel() and a.is_contiguous()):
+    if not (_usable(a, b) and _plain_bias(bias, b.shape[1]) and a.numel() and b.numel()
+            and a.is_contiguous()):
         return a @ b if bias is None else torch.addmm(bias, a, b)
     return _op(a, _dense(b.t()), None if bias is None else bias.contiguous(), "none", [], "")
 
@@ -104,8 +108,7 @@ class _OneDnnLinear(torch.autograd.Function):
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear (x [..., I], weight [O, I], bias [O]) with its GEMMs through `mm`."""
-    odd_bias = bias is not None and not (_usable(bias) and bias.dim() == 1
-                                         and bias.shape[0] == weight.shape[0])
-    if not _usable(x, weight) or odd_bias or x.numel() == 0 or weight.numel() == 0:
+    if not (_usable(x, weight) and _plain_bias(bias, weight.shape[0]) and x.numel()
+            and weight.numel()):
         return F.linear(x, weight, bias)
     return _OneDnnLinear.apply(x, weight, bias)

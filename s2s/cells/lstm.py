@@ -89,8 +89,12 @@ class LSTMCell(StepCell):
         h, c = state
         gates = deferred.linear_cat([x, h], [self.weight_ih, self.weight_hh],
                                     [self.bias_ih, self.bias_hh])  # [B, 4H]
-        h, c = LSTMPointwise.apply(gates, c.to(gates.dtype))
+        h, c = self._pointwise(gates, c.to(gates.dtype))
         return h, (h, c)
+
+    def _pointwise(self, gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+        """(pre-activations [B, 4H], c_prev [B, H]) -> (h, c), one autograd node."""
+        return LSTMPointwise.apply(gates, c_prev)
 
     def forward(self, x: Tensor, lengths: Tensor, state: State | None = None
                 ) -> tuple[Tensor, State]:

@@ -1,14 +1,17 @@
 """`fused-lstm`: torch.nn.LSTM's math and parameter layout, with hand-written backward passes
-(aimed at CPU speed; docs/benchmarks.md says where it stands).
+and compiled CPU kernels (lstm_kernels.cpp via kernels.py; docs/benchmarks.md says where it
+stands).
 
 - `step`: always `lstm`'s gate path (`LSTMCell._gates_step`): the gate projections through
   `deferred.linear_cat` (one GEMM with deferred weight gradients in training; autocast-cached
-  weight casts), then one autograd node does all the gate pointwise work (sigmoid/tanh, cell
-  and hidden update) with a hand-written backward.
+  weight casts), then one autograd node for all the gate pointwise work (sigmoid/tanh, cell and
+  hidden update): one compiled pass each way (float32 and bfloat16), or `lstm`'s PyTorch version.
 - `forward` (a whole sequence): one autograd Function. All time steps' input projections are one
-  GEMM; each step is one GEMM plus pointwise work; in backward each step costs one GEMM and the
-  weight and input gradients are three large GEMMs over all steps at once.
+  GEMM, each step is one GEMM plus one pointwise pass, and in backward each step costs one GEMM
+  while the input and weight gradients are two large GEMMs over all steps. The loops run in C++
+  for float32 (`_CompiledSequence`), in Python otherwise (`_Sequence`, e.g. bf16 autocast).
 
+Without the compiled kernels (no compiler; `S2S_FUSED_KERNELS=0`) the same math runs in PyTorch.
 Gates are ordered i, f, g, o as in torch.nn.LSTM. Legend: B batch, T time, I input, H hidden.
 """
 from __future__ import annotations
@@ -17,10 +20,9 @@ import torch
 from torch import Tensor
 
 from s2s import gemm
-from s2s.cells import deferred
 from s2s.cells.base import State, length_mask
 from s2s.cells.fused import kernels
-from s2s.cells.lstm import LSTMCell, LSTMPointwise, gates_backward, gates_forward
+from s2s.cells.lstm import LSTMCell, gates_backward, gates_forward
 
 
 class _CompiledPointwise(torch.autograd.Function):
@@ -141,14 +143,12 @@ class FusedLSTMCell(LSTMCell):
         return [p.to(dtype) for p in params]
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        # always the gate path, also where `lstm` uses torch.lstm_cell
-        h, c = state
-        gates = deferred.linear_cat([x, h], [self.weight_ih, self.weight_hh],
-                                    [self.bias_ih, self.bias_hh])  # [B, 4H]
-        c = c.to(gates.dtype)
-        pointwise = _CompiledPointwise if kernels.usable(gates, c, bf16=True) else LSTMPointwise
-        h, c = pointwise.apply(gates, c)
-        return h, (h, c)
+        return self._gates_step(x, state)  # always, also where `lstm` uses torch.lstm_cell
+
+    def _pointwise(self, gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+        if kernels.usable(gates, c_prev, bf16=True):
+            return _CompiledPointwise.apply(gates, c_prev)
+        return super()._pointwise(gates, c_prev)
 
     def forward(self, x: Tensor, lengths: Tensor, state: State | None = None
                 ) -> tuple[Tensor, State]:
