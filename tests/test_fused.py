@@ -131,23 +131,37 @@ def _float_pair(inp, hid):
     return fused, plain
 
 
+@pytest.fixture
+def threads():
+    """Sets torch's thread count for one test (the compiled sequence kernels split the hidden
+    units across threads) and restores it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 @needs_kernels
+@pytest.mark.parametrize("hid, n_threads", [(16, 2), (160, 2), (200, 3)])  # 1, 2, 3 threads
 @pytest.mark.parametrize("lengths", [[7, 7, 7, 7, 7], [7, 3, 5, 1, 7]])
-def test_compiled_sequence_equals_pure_pytorch_path(lengths):
+@pytest.mark.parametrize("initial", ["given", "zero"])
+def test_compiled_sequence_equals_pure_pytorch_path(lengths, hid, n_threads, initial, threads):
+    threads(n_threads)
     torch.manual_seed(2)
-    batch, time, inp, hid = 5, 7, 6, 16
+    batch, time, inp = 5, 7, 6
     x = torch.randn(batch, time, inp, requires_grad=True)
     mask = (torch.arange(time)[None] < torch.tensor(lengths)[:, None]).float()
-    h0 = torch.randn(batch, hid, requires_grad=True)
-    c0 = torch.randn(batch, hid, requires_grad=True)
+    given = initial == "given"  # else: no initial state, as FusedLSTMCell passes it (h0_zero)
+    h0 = (torch.randn if given else torch.zeros)(batch, hid).requires_grad_(given)
+    c0 = (torch.randn if given else torch.zeros)(batch, hid).requires_grad_(given)
     fused, _ = _float_pair(inp, hid)
     weights = [p.detach().clone().requires_grad_() for p in
                (fused.weight_ih, fused.weight_hh, fused.bias_ih, fused.bias_hh)]
+    wrt = [x, h0, c0, *weights] if given else [x, *weights]
     results = []
-    for fn in (_Sequence, _CompiledSequence):
-        out, h, c = fn.apply(x, mask, h0, c0, *weights)
+    for fn, extra in ((_Sequence, ()), (_CompiledSequence, (not given,))):
+        out, h, c = fn.apply(x, mask, h0, c0, *weights, *extra)
         loss = (out * torch.linspace(-1, 1, hid)).sum() + 2 * h.sum() + 3 * c.pow(2).sum()
-        results.append((out, h, c, *torch.autograd.grad(loss, [x, h0, c0, *weights])))
+        results.append((out, h, c, *torch.autograd.grad(loss, wrt)))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     out = results[1][0]

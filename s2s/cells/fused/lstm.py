@@ -45,38 +45,33 @@ class _CompiledPointwise(torch.autograd.Function):
 
 
 class _CompiledSequence(torch.autograd.Function):
-    """_Sequence with the time loops in compiled code (float32 CPU); same inputs and outputs."""
+    """_Sequence with the time loops in compiled code (float32 CPU); same inputs and outputs,
+    plus `h0_zero` (h0 and c0 are zeros: the first step's recurrent product is skipped)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, mask: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor,
-                w_hh: Tensor, b_ih: Tensor, b_hh: Tensor):
+                w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0_zero: bool = False):
         w_ih, w_hh, mask = w_ih.contiguous(), w_hh.contiguous(), mask.contiguous()
-        out, h, c, xh, acts, cs, tanh_cs = kernels.ops().sequence_forward(
+        out, h, c, x_t, h_t, acts, cs, tanh_cs = kernels.ops().sequence_forward(
             x.contiguous(), mask, h0.contiguous(), c0.contiguous(), w_ih, w_hh,
-            (b_ih + b_hh).contiguous(), gemm.available())
-        ctx.save_for_backward(mask, w_ih, w_hh, xh, acts, cs, tanh_cs)
+            (b_ih + b_hh).contiguous(), h0_zero, gemm.available())
+        ctx.save_for_backward(mask, w_ih, w_hh, x_t, h_t, acts, cs, tanh_cs)
         return out, h, c
 
     @staticmethod
     @torch.autocast("cpu", enabled=False)  # float32 kernels, also if backward runs in autocast
     def backward(ctx, d_out: Tensor, d_h: Tensor, d_c: Tensor):
-        mask, w_ih, w_hh, xh, acts, cs, tanh_cs = ctx.saved_tensors
-        batch, time, width = xh.shape
-        hidden = w_hh.shape[1]
+        mask, w_ih, w_hh, x_t, h_t, acts, cs, tanh_cs = ctx.saved_tensors
+        time, batch, hidden = tanh_cs.shape
         zeros = acts.new_zeros(batch, hidden)
         d_out = d_out if d_out is not None else acts.new_zeros(1, 1, hidden).expand(
             batch, time, hidden)
-        d_gates, d_h0, d_c0 = kernels.ops().sequence_backward(
-            d_out, mask, w_hh, acts, cs, tanh_cs, zeros if d_h is None else d_h,
-            zeros if d_c is None else d_c, gemm.available())
-        flat = d_gates.view(batch * time, 4 * hidden)  # [B*T, 4H]
-        d_x = gemm.mm(flat, w_ih).view(batch, time, width - hidden) \
-            if ctx.needs_input_grad[0] else None
-        # both weights' gradients in one GEMM: xh^T @ flat = [I + H, 4H]
-        d_w = gemm.mm(xh.view(batch * time, width).t(), flat).t()  # [4H, I + H]
-        d_w_ih, d_w_hh = d_w[:, :width - hidden], d_w[:, width - hidden:]
-        d_b = flat.sum(dim=0)
-        return d_x, None, d_h0, d_c0, d_w_ih, d_w_hh, d_b, d_b
+        needs = ctx.needs_input_grad
+        d_x, d_w_ih, d_w_hh, d_b, d_h0, d_c0 = kernels.ops().sequence_backward(
+            d_out, mask, w_ih, w_hh, x_t, h_t, acts, cs, tanh_cs, zeros if d_h is None else d_h,
+            zeros if d_c is None else d_c, needs[0], needs[2] or needs[3], gemm.available())
+        return (d_x if needs[0] else None, None, d_h0 if needs[2] else None,
+                d_c0 if needs[3] else None, d_w_ih, d_w_hh, d_b, d_b, None)
 
 
 class _Sequence(torch.autograd.Function):
@@ -154,11 +149,15 @@ class FusedLSTMCell(LSTMCell):
                 ) -> tuple[Tensor, State]:
         batch, time = x.shape[0], x.shape[1]
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        if state is None:
+        h0_zero = state is None
+        if h0_zero:
             state = self.initial_state(batch, x.device, dtype)
         mask = length_mask(lengths, time, x.device).to(dtype)  # [B, T]
         x, h0, c0 = x.to(dtype), state[0].to(dtype), state[1].to(dtype)
-        sequence = _CompiledSequence if kernels.usable(x, h0, c0) else _Sequence
         with torch.autocast("cpu", enabled=False):
-            out, h, c = sequence.apply(x, mask, h0, c0, *self._weights(dtype))
+            if kernels.usable(x, h0, c0):
+                out, h, c = _CompiledSequence.apply(x, mask, h0, c0, *self._weights(dtype),
+                                                    h0_zero)
+            else:
+                out, h, c = _Sequence.apply(x, mask, h0, c0, *self._weights(dtype))
         return out, (h, c)

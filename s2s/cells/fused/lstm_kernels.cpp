@@ -9,15 +9,24 @@
 // I input, H hidden. Registered as torch.ops.s2s_fused.*; Python owns autograd.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <exception>
+#include <mutex>
 #include <vector>
+
+#include <omp.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -25,7 +34,34 @@ using at::Tensor;
 
 // exp's argument is capped: under -ffast-math the division becomes a reciprocal estimate, which
 // turns 1 / inf into NaN (e^88 is finite); NaN inputs still give NaN.
+#define S2S_FASTEXP
+#ifdef S2S_FASTEXP
+// e^x, x clamped to [-87, 88] (normal results, no overflow): 2^n * e^r with r = x - n ln 2
+// (Cody-Waite) and Cephes' degree-7 polynomial for e^r; about 2 ulp, and it vectorises inline
+// (no call per vector).
+[[gnu::always_inline]] inline float exp_(float x) {
+  x = std::min(std::max(x, -87.f), 88.f);
+  const float n = std::nearbyint(x * 1.44269504f);
+  float r = std::fma(n, -0.693145751953125f, x);
+  r = std::fma(n, -1.428606765330187e-06f, r);
+  float q = 1.9875691500e-4f;
+  q = std::fma(q, r, 1.3981999507e-3f);
+  q = std::fma(q, r, 8.3334519073e-3f);
+  q = std::fma(q, r, 4.1665795894e-2f);
+  q = std::fma(q, r, 1.6666665459e-1f);
+  q = std::fma(q, r, 5.0000001201e-1f);
+  const float e = std::fma(q * r, r, r) + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return e * scale;
+}
+[[gnu::always_inline]] inline float sigm(float x) { return 1.f / (1.f + exp_(-x)); }
+[[gnu::always_inline]] inline float tanh_(float x) { return 2.f / (1.f + exp_(-2.f * x)) - 1.f; }
+#else
 inline float sigm(float x) { return 1.f / (1.f + expf(std::min(-x, 88.f))); }
+inline float tanh_(float x) { return tanhf(x); }
+#endif
 
 // rows per parallel chunk: about 32k floats of gates
 inline int64_t grain(int64_t hidden) { return std::max<int64_t>(1, 8192 / hidden); }
@@ -62,39 +98,42 @@ Tensor pack(const Tensor& w, int64_t rows, bool onednn) {
   return stack[0].toTensor();
 }
 
-// One row: pre-activations g4 [4H] (+ g4b [4H] when kSum), c_prev [H] -> act [4H], c [H],
-// tanh_c [H], h [H].
+// One row's n hidden units: pre-activations gx (gates i, f, g, o at stride sx) plus, when kSum,
+// gh (gates at stride sh); c_prev [n] -> act (gates at stride sa), c, tanh_c, h [n].
 template <bool kSum>
-inline void row_forward(const float* __restrict g4, const float* __restrict g4b,
-                        const float* __restrict cp, float* __restrict act, float* __restrict c,
-                        float* __restrict tc, float* __restrict h, int64_t H) {
+inline void row_forward(const float* __restrict gx, int64_t sx, const float* __restrict gh,
+                        int64_t sh, const float* __restrict cp, float* __restrict act,
+                        int64_t sa, float* __restrict c, float* __restrict tc,
+                        float* __restrict h, int64_t n) {
 #pragma omp simd
-  for (int64_t j = 0; j < H; ++j) {
-    float pi = g4[j], pf = g4[H + j], pg = g4[2 * H + j], po = g4[3 * H + j];
+  for (int64_t j = 0; j < n; ++j) {
+    float pi = gx[j], pf = gx[sx + j], pg = gx[2 * sx + j], po = gx[3 * sx + j];
     if constexpr (kSum) {
-      pi += g4b[j]; pf += g4b[H + j]; pg += g4b[2 * H + j]; po += g4b[3 * H + j];
+      pi += gh[j]; pf += gh[sh + j]; pg += gh[2 * sh + j]; po += gh[3 * sh + j];
     }
-    float i = sigm(pi), f = sigm(pf), g = tanhf(pg), o = sigm(po);
+    float i = sigm(pi), f = sigm(pf), g = tanh_(pg), o = sigm(po);
     float cn = f * cp[j] + i * g;
-    float t = tanhf(cn);
-    act[j] = i; act[H + j] = f; act[2 * H + j] = g; act[3 * H + j] = o;
+    float t = tanh_(cn);
+    act[j] = i; act[sa + j] = f; act[2 * sa + j] = g; act[3 * sa + j] = o;
     c[j] = cn; tc[j] = t; h[j] = o * t;
   }
 }
 
-// One row of backward: d c_prev = dcc * f; d pre-activations into dg [4H].
-inline void row_backward(const float* __restrict act, const float* __restrict cp,
+// One row's n hidden units of backward (act and dg: gates at strides sa and sg):
+// d c_prev = dcc * f; d pre-activations into dg.
+inline void row_backward(const float* __restrict act, int64_t sa, const float* __restrict cp,
                          const float* __restrict tc, const float* __restrict dh,
-                         const float* dc, float* __restrict dg, float* dcp, int64_t H) {
+                         const float* dc, float* __restrict dg, int64_t sg, float* dcp,
+                         int64_t n) {
   // dc and dcp may be the same buffer: each j reads dc[j] before it writes dcp[j]
 #pragma omp simd
-  for (int64_t j = 0; j < H; ++j) {
-    float i = act[j], f = act[H + j], g = act[2 * H + j], o = act[3 * H + j], t = tc[j];
+  for (int64_t j = 0; j < n; ++j) {
+    float i = act[j], f = act[sa + j], g = act[2 * sa + j], o = act[3 * sa + j], t = tc[j];
     float dcc = dc[j] + dh[j] * o * (1.f - t * t);
     dg[j] = dcc * g * i * (1.f - i);
-    dg[H + j] = dcc * cp[j] * f * (1.f - f);
-    dg[2 * H + j] = dcc * i * (1.f - g * g);
-    dg[3 * H + j] = dh[j] * t * o * (1.f - o);
+    dg[sg + j] = dcc * cp[j] * f * (1.f - f);
+    dg[2 * sg + j] = dcc * i * (1.f - g * g);
+    dg[3 * sg + j] = dh[j] * t * o * (1.f - o);
     dcp[j] = dcc * f;
   }
 }
@@ -163,7 +202,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pointwise_forward(const Tensor& gates
     std::vector<float> bg, bcp, ba, bc, btc, bh;
     for (int64_t b = begin; b < end; ++b) {
       float *pa = ra.out(b, ba), *pc = rc.out(b, bc), *ptc = rtc.out(b, btc), *ph = rh.out(b, bh);
-      row_forward<false>(rg.load(b, bg), nullptr, rcp.load(b, bcp), pa, pc, ptc, ph, H);
+      row_forward<false>(rg.load(b, bg), H, nullptr, 0, rcp.load(b, bcp), pa, H, pc, ptc, ph, H);
       ra.store(b, ba), rc.store(b, bc), rtc.store(b, btc), rh.store(b, bh);
     }
   });
@@ -187,22 +226,129 @@ std::tuple<Tensor, Tensor> pointwise_backward(const Tensor& act, const Tensor& c
     std::vector<float> ba, bcp, btc, bdh, bdc, bdg, bdcp;
     for (int64_t b = begin; b < end; ++b) {
       float *pdg = rdg.out(b, bdg), *pdcp = rdcp.out(b, bdcp);
-      row_backward(ra.load(b, ba), rcp.load(b, bcp), rtc.load(b, btc), rdh.load(b, bdh),
-                   rdc.load(b, bdc), pdg, pdcp, H);
+      row_backward(ra.load(b, ba), H, rcp.load(b, bcp), rtc.load(b, btc), rdh.load(b, bdh),
+                   rdc.load(b, bdc), pdg, H, pdcp, H);
       rdg.store(b, bdg), rdcp.store(b, bdcp);
     }
   });
   return {dg, dcp};
 }
 
-// The masked recurrence over a whole sequence, batch-major like the cell's interface.
-// x [B, T, I], mask [B, T] (1 real, 0 padding), h0, c0 [B, H], w_ih [4H, I], w_hh [4H, H],
-// bias [4H] (b_ih + b_hh) -> out [B, T, H] (0 at padding), final h, c [B, H], and for backward:
-// xh [B, T, I + H] (each step's input and the h it started from: the weight gradients are one
-// GEMM over it), acts [T, B, 4H], cs [T + 1, B, H] (c before each step), tanh_cs [T, B, H].
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
+// The sequence loops run on a team of threads that split the hidden units, each thread owning
+// all four gates of its units: its share of every step's recurrent GEMM runs single-threaded
+// on its own packed weight rows, its pointwise work follows on its own units, and one barrier
+// per step lets every thread see the whole new state. No fork/join per step, and each GEMM
+// keeps all B rows (more efficient than splitting the batch). Errors inside the team are kept
+// and rethrown after it (every thread still reaches every barrier).
+struct Team {
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  std::mutex lock;
+  template <class F>
+  void run(F&& f) {
+    if (failed.load(std::memory_order_relaxed)) return;
+    try {
+      f();
+    } catch (...) {
+      std::lock_guard<std::mutex> guard(lock);
+      if (!error) error = std::current_exception();
+      failed = true;
+    }
+  }
+  void rethrow() {
+    if (error) std::rethrow_exception(error);
+  }
+};
+
+#ifdef __AVX512F__
+// One 16 x 16 tile of `transpose` in registers (unpack, then two 128-bit lane shuffles).
+inline void transpose16(const float* src, int64_t ld_src, float* dst, int64_t ld_dst,
+                        float* sums) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld_src);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]),
+                  c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int i = 0; i < 16; i += 8)
+    for (int k = 0; k < 4; ++k) {
+      t[i + k] = _mm512_shuffle_f32x4(r[i + k], r[i + k + 4], 0x88);
+      t[i + k + 4] = _mm512_shuffle_f32x4(r[i + k], r[i + k + 4], 0xdd);
+    }
+  for (int k = 0; k < 8; ++k) {
+    r[k] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0x88);
+    r[k + 8] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) {
+    _mm512_storeu_ps(dst + i * ld_dst, r[i]);
+    if (sums) sums[i] += _mm512_reduce_add_ps(r[i]);
+  }
+}
+#endif
+
+// dst[j * ld_dst + b] = src[b * ld_src + j] for b < rows, j < cols: a transposed copy in 16 x 16
+// tiles. With `sums`, also sums[j] += the sum of column j.
+void transpose(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int64_t rows,
+               int64_t cols, float* sums = nullptr) {
+  constexpr int64_t K = 16;
+  alignas(64) float tile[K][K];
+  for (int64_t j0 = 0; j0 < cols; j0 += K) {
+    const int64_t nj = std::min(K, cols - j0);
+    for (int64_t b0 = 0; b0 < rows; b0 += K) {
+      const int64_t nb = std::min(K, rows - b0);
+#ifdef __AVX512F__
+      if (nj == K && nb == K) {
+        transpose16(src + b0 * ld_src + j0, ld_src, dst + j0 * ld_dst + b0, ld_dst,
+                    sums ? sums + j0 : nullptr);
+        continue;
+      }
+#endif
+      for (int64_t b = 0; b < nb; ++b) {
+        const float* row = src + (b0 + b) * ld_src + j0;
+        for (int64_t j = 0; j < nj; ++j) tile[j][b] = row[j];
+      }
+      for (int64_t j = 0; j < nj; ++j) {
+        std::copy(tile[j], tile[j] + nb, dst + (j0 + j) * ld_dst + b0);
+        if (sums) {
+          float sum = 0.f;
+          for (int64_t b = 0; b < nb; ++b) sum += tile[j][b];
+          sums[j0 + j] += sum;
+        }
+      }
+    }
+  }
+}
+
+// threads for H hidden units: at least 64 units each
+int64_t team_size(int64_t H) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H / 64));
+}
+
+// rows of w [4H, K] for gates i, f, g, o of units [u0, u0 + n): [4n, K]
+Tensor gate_rows(const Tensor& w, int64_t H, int64_t u0, int64_t n) {
+  return at::cat({w.narrow(0, u0, n), w.narrow(0, H + u0, n), w.narrow(0, 2 * H + u0, n),
+                  w.narrow(0, 3 * H + u0, n)});
+}
+
+// The masked recurrence over a whole sequence. x [B, T, I], mask [B, T] (1 real, 0 padding),
+// h0, c0 [B, H], w_ih [4H, I], w_hh [4H, H], bias [4H] (b_ih + b_hh) -> out [B, T, H] (0 at
+// padding), final h, c [B, H], and for backward: xT [I, T*B] and hT [H, T*B] (each step's input
+// and the h it started from, transposed: column t*B + b), acts [T, B, 4H], cs [T + 1, B, H]
+// (c before each step), tanh_cs [T, B, H].
+// Step t's GEMM input is xh[t] = [x_t, h_{t-1}] (time-major scratch), so the input and
+// recurrent projections are one product per step (K = I + H, bias added by the GEMM). When
+// h0_zero (no initial state given) the first step multiplies x_0 alone.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
     const Tensor& x, const Tensor& mask, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
-    const Tensor& w_hh, const Tensor& bias, bool onednn) {
+    const Tensor& w_hh, const Tensor& bias, bool h0_zero, bool onednn) {
   for (auto& [t, n] : {std::pair<const Tensor&, const char*>{x, "x"}, {mask, "mask"},
                        {h0, "h0"}, {c0, "c0"}, {w_ih, "w_ih"}, {w_hh, "w_hh"}, {bias, "bias"}})
     check(t, n);
@@ -215,97 +361,173 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
                   w_hh.sizes() == at::IntArrayRef({4 * H, H}) &&
                   bias.sizes() == at::IntArrayRef({4 * H}),
               "s2s_fused: weights must be [4H, I], [4H, H] and bias [4H]");
-  Tensor xw = linear(x.view({B * T, I}), w_ih, bias, onednn);  // [B*T, 4H], row b*T + t
-  Tensor xh = at::empty({B, T, I + H}, x.options());
-  xh.narrow(2, 0, I).copy_(x);
-  Tensor acts = at::empty({T, B, 4 * H}, x.options());
-  Tensor cs = at::empty({T + 1, B, H}, x.options()), tcs = at::empty({T, B, H}, x.options());
-  Tensor out = at::empty({B, T, H}, x.options());
-  Tensor h = h0.clone(), h_next = at::empty_like(h0);  // the recurrent GEMM's input, contiguous
-  Tensor w_hh_packed = pack(w_hh, B, onednn);
+  const int64_t TB = T * B, W = I + H;
+  const auto opts = x.options();
+  Tensor xh = at::empty({T, B, W}, opts), xT = at::empty({I, TB}, opts),
+         hT = at::empty({H, TB}, opts);
+  Tensor acts = at::empty({T, B, 4 * H}, opts), cs = at::empty({T + 1, B, H}, opts),
+         tcs = at::empty({T, B, H}, opts), out = at::empty({T, B, H}, opts),
+         h_last = h0.clone();
   cs[0].copy_(c0);
-  const float *pm = mask.data_ptr<float>(), *pxw = xw.data_ptr<float>();
-  float *pxh = xh.data_ptr<float>(), *pout = out.data_ptr<float>();
-  for (int64_t t = 0; t < T; ++t) {
-    Tensor hh = linear(h, w_hh_packed, std::nullopt, onednn);  // gates = xw[:, t] + hh
-    const float *phh = hh.data_ptr<float>(), *php = h.data_ptr<float>(),
-                *pcp = cs[t].data_ptr<float>();
-    float *pa = acts[t].data_ptr<float>(), *ptc = tcs[t].data_ptr<float>(),
-          *phn = h_next.data_ptr<float>(), *pcn = cs[t + 1].data_ptr<float>();
-    at::parallel_for(0, B, grain(H), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t r = b * H, bt = b * T + t;
-        float* po = pout + bt * H;
-        std::copy(php + r, php + r + H, pxh + bt * (I + H) + I);
-        row_forward<true>(pxw + bt * 4 * H, phh + 4 * r, pcp + r, pa + 4 * r, pcn + r, ptc + r,
-                          po, H);
-        if (pm[bt] != 0.f) {
-          std::copy(po, po + H, phn + r);
-        } else {  // padding: carry the state, output zero
-          std::copy(php + r, php + r + H, phn + r);
-          std::copy(pcp + r, pcp + r + H, pcn + r);
-          std::fill(po, po + H, 0.f);
+  if (T > 0) xh[0].narrow(1, I, H).copy_(h0);
+  const float *pm = mask.data_ptr<float>(), *px = x.data_ptr<float>();
+  float *pxh = xh.data_ptr<float>(), *pxt = xT.data_ptr<float>(), *pht = hT.data_ptr<float>(),
+        *pout = out.data_ptr<float>(), *phl = h_last.data_ptr<float>(),
+        *pacts = acts.data_ptr<float>(), *pcs = cs.data_ptr<float>(), *ptcs = tcs.data_ptr<float>();
+  const int64_t threads = team_size(H);
+  const at::ThreadLocalState tls;
+  Team team;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    at::ThreadLocalStateGuard tls_guard(tls);
+    const int64_t n = omp_get_num_threads(), p = omp_get_thread_num();
+    const int64_t u0 = H * p / n, U = H * (p + 1) / n - u0;  // this thread's hidden units
+    Tensor w, w_x, bias_u;  // their weight rows (packed; the input part alone) and biases
+    team.run([&] {
+      // rows i, f, g, o of [w_ih | w_hh] for these units: [4U, I + H]; the GEMM gives [B, 4U]
+      Tensor rows = at::empty({4 * U, W}, w_ih.options());
+      for (int64_t q = 0; q < 4; ++q) {
+        rows.narrow(0, q * U, U).narrow(1, 0, I).copy_(w_ih.narrow(0, q * H + u0, U));
+        rows.narrow(0, q * U, U).narrow(1, I, H).copy_(w_hh.narrow(0, q * H + u0, U));
+      }
+      w = pack(rows, B, onednn);
+      bias_u = gate_rows(bias, H, u0, U);
+      if (h0_zero) w_x = rows.narrow(1, 0, I).contiguous();
+      // this thread's share of the time steps' inputs, into xh and xT
+      for (int64_t t = T * p / n; t < T * (p + 1) / n; ++t) {
+        for (int64_t b = 0; b < B; ++b) {
+          const float* src = px + (b * T + t) * I;
+          std::copy(src, src + I, pxh + (t * B + b) * W);
         }
+        transpose(px + t * I, T * I, pxt + t * B, TB, B, I);
       }
     });
-    std::swap(h, h_next);
+#pragma omp barrier
+    for (int64_t t = 0; t < T; ++t) {
+      team.run([&] {
+        Tensor gates = t == 0 && h0_zero ? linear(xh[0].narrow(1, 0, I), w_x, bias_u, onednn)
+                                         : linear(xh[t], w, bias_u, onednn);
+        const float* pg = gates.data_ptr<float>();
+        const float* pcp = pcs + t * B * H;
+        float *pa = pacts + t * B * 4 * H, *pcn = pcs + (t + 1) * B * H, *ptc = ptcs + t * B * H;
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t r = b * H + u0, tb = t * B + b;
+          float* po = pout + tb * H + u0;
+          const float* hp = pxh + tb * W + I + u0;                          // h_{t-1}
+          float* hn = t + 1 < T ? pxh + (tb + B) * W + I + u0 : phl + r;  // h_t
+          row_forward<false>(pg + b * 4 * U, U, nullptr, 0, pcp + r, pa + b * 4 * H + u0, H,
+                             pcn + r, ptc + r, po, U);
+          if (pm[b * T + t] != 0.f) {
+            std::copy(po, po + U, hn);
+          } else {  // padding: carry the state, output zero
+            std::copy(hp, hp + U, hn);
+            std::copy(pcp + r, pcp + r + U, pcn + r);
+            std::fill(po, po + U, 0.f);
+          }
+        }
+        transpose(pxh + t * B * W + I + u0, W, pht + u0 * TB + t * B, TB, B, U);  // h_{t-1}
+      });
+#pragma omp barrier
+    }
   }
-  return {out, h, cs[T].clone(), xh, acts, cs, tcs};
+  team.rethrow();
+  return {out.transpose(0, 1).contiguous(), h_last, cs[T].clone(), xT, hT, acts, cs, tcs};
 }
 
 // Backward of sequence_forward. d_out [B, T, H] (rows of H contiguous, other strides free,
-// e.g. an expanded gradient), d_h, d_c [B, H] (gradients of the final state) -> d_gates
-// [B, T, 4H] and the gradients of h0, c0. The caller turns d_gates into the input, weight and
-// bias gradients with two GEMMs (d_x, and one over xh for both weights) and a sum.
-std::tuple<Tensor, Tensor, Tensor> sequence_backward(const Tensor& d_out_in, const Tensor& mask,
-                                                     const Tensor& w_hh, const Tensor& acts,
-                                                     const Tensor& cs, const Tensor& tcs,
-                                                     const Tensor& d_h_in, const Tensor& d_c_in,
-                                                     bool onednn) {
+// e.g. an expanded gradient), d_h, d_c [B, H] (gradients of the final state) -> the gradients
+// of x [B, T, I] (when `input_grad`, else empty), w_ih, w_hh, the bias, h0 and c0 (these
+// two only when `state_grad`; else the last recurrent GEMM is skipped and d_h0 is incomplete).
+// Each step's d_gates [B, 4H] feed the next recurrent GEMM and d_x's GEMM; the threads also
+// write them transposed (dgT [4H, T*B], summing the bias gradient on the way), so that both
+// weight gradients are plain oneDNN products dgT @ xT^T and dgT @ hT^T.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
+    const Tensor& d_out_in, const Tensor& mask, const Tensor& w_ih, const Tensor& w_hh,
+    const Tensor& xT, const Tensor& hT, const Tensor& acts, const Tensor& cs, const Tensor& tcs,
+    const Tensor& d_h_in, const Tensor& d_c_in, bool input_grad, bool state_grad, bool onednn) {
   Tensor d_out = d_out_in.stride(2) == 1 ? d_out_in : d_out_in.contiguous();
-  for (auto& [t, n] : {std::pair<const Tensor&, const char*>{mask, "mask"}, {w_hh, "w_hh"},
-                       {acts, "acts"}, {cs, "cs"}, {tcs, "tcs"}})
+  for (auto& [t, n] : {std::pair<const Tensor&, const char*>{mask, "mask"}, {w_ih, "w_ih"},
+                       {w_hh, "w_hh"}, {xT, "xT"}, {hT, "hT"}, {acts, "acts"}, {cs, "cs"},
+                       {tcs, "tcs"}})
     check(t, n);
-  const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1);
+  const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1), I = w_ih.size(1);
+  const int64_t TB = T * B;
   TORCH_CHECK(d_out.sizes() == at::IntArrayRef({B, T, H}) && d_out.scalar_type() == at::kFloat &&
                   d_h_in.sizes() == at::IntArrayRef({B, H}) &&
-                  d_c_in.sizes() == at::IntArrayRef({B, H}),
-              "s2s_fused: sequence_backward got gradients of the wrong shape or dtype");
+                  d_c_in.sizes() == at::IntArrayRef({B, H}) &&
+                  xT.sizes() == at::IntArrayRef({I, TB}) && hT.sizes() == at::IntArrayRef({H, TB}),
+              "s2s_fused: sequence_backward got tensors of the wrong shape or dtype");
   const int64_t so_b = d_out.stride(0), so_t = d_out.stride(1);
-  Tensor d_gates = at::empty({B, T, 4 * H}, acts.options());
-  Tensor step = at::empty({B, 4 * H}, acts.options());  // this step's d_gates, contiguous
+  const auto opts = acts.options();
+  Tensor d_gates = at::empty({T, B, 4 * H}, opts), dgT = at::empty({4 * H, TB}, opts),
+         d_b = at::zeros({4 * H}, opts);
+  // d_h: the gradient reaching h from later steps, not yet through a step; d_c likewise
   Tensor d_h = d_h_in.contiguous().clone(), d_c = d_c_in.contiguous().clone();
-  const float *pm = mask.data_ptr<float>(), *pdo = d_out.data_ptr<float>();
-  float *pdg_all = d_gates.data_ptr<float>(), *pdg = step.data_ptr<float>(),
-        *pdh = d_h.data_ptr<float>(), *pdc = d_c.data_ptr<float>();
-  // d h_prev = d_gates @ w_hh = d_gates @ (w_hh^T)^T; `ghh` holds the last step's product
-  Tensor w_hh_t = pack(w_hh.t(), B, onednn), ghh = at::zeros_like(d_h);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const float *pa = acts[t].data_ptr<float>(), *pcp = cs[t].data_ptr<float>(),
-                *ptc = tcs[t].data_ptr<float>(), *pghh = ghh.data_ptr<float>();
-    at::parallel_for(0, B, grain(H), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t r = b * H, bt = b * T + t;
-        float* dg = pdg + 4 * r;
-        if (pm[bt] != 0.f) {
-          const float* dout = pdo + b * so_b + t * so_t;
+  Tensor w_hh_t = w_hh.t().contiguous();  // [H, 4H]: d h_prev = d_gates @ w_hh
+  const float *pm = mask.data_ptr<float>(), *pdo = d_out.data_ptr<float>(),
+              *pacts = acts.data_ptr<float>(), *pcs = cs.data_ptr<float>(),
+              *ptcs = tcs.data_ptr<float>();
+  float *pdg = d_gates.data_ptr<float>(), *pdgt = dgT.data_ptr<float>(),
+        *pdb = d_b.data_ptr<float>(), *pdh = d_h.data_ptr<float>(), *pdc = d_c.data_ptr<float>();
+  const int64_t threads = team_size(H);
+  const at::ThreadLocalState tls;
+  Team team;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    at::ThreadLocalStateGuard tls_guard(tls);
+    const int64_t n = omp_get_num_threads(), p = omp_get_thread_num();
+    const int64_t u0 = H * p / n, U = H * (p + 1) / n - u0;  // this thread's hidden units
+    Tensor w, ghh;  // its columns of w_hh, packed; the last product's d h_prev [B, U]
+    team.run([&] { w = pack(w_hh_t.narrow(0, u0, U), B, onednn); });
+    auto add_product = [&](int64_t b) {  // d_h += the product's share for row b
+      if (!ghh.defined()) return;
+      const float* g = ghh.data_ptr<float>() + b * U;
+      float* dh = pdh + b * H + u0;
 #pragma omp simd
-          for (int64_t j = 0; j < H; ++j) pdh[r + j] += pghh[r + j] + dout[j];
-          // d_c becomes d c_prev in place; d_h restarts from zero (the next product adds to it)
-          row_backward(pa + 4 * r, pcp + r, ptc + r, pdh + r, pdc + r, dg, pdc + r, H);
-          std::fill(pdh + r, pdh + r + H, 0.f);
-        } else {  // padding: the state passed through unchanged, gradients too
+      for (int64_t j = 0; j < U; ++j) dh[j] += g[j];
+    };
+    for (int64_t t = T - 1; t >= 0; --t) {
+      team.run([&] {
+        const float *pa = pacts + t * B * 4 * H, *pcp = pcs + t * B * H, *ptc = ptcs + t * B * H;
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t r = b * H + u0;
+          float* dg = pdg + (t * B + b) * 4 * H + u0;
+          add_product(b);
+          if (pm[b * T + t] != 0.f) {
+            const float* dout = pdo + b * so_b + t * so_t + u0;
+            float* dh = pdh + r;
 #pragma omp simd
-          for (int64_t j = 0; j < H; ++j) pdh[r + j] += pghh[r + j];
-          std::fill(dg, dg + 4 * H, 0.f);
+            for (int64_t j = 0; j < U; ++j) dh[j] += dout[j];
+            // d_c becomes d c_prev in place; d_h restarts from zero (the product adds to it)
+            row_backward(pa + b * 4 * H + u0, H, pcp + r, ptc + r, dh, pdc + r, dg, H, pdc + r,
+                         U);
+            std::fill(dh, dh + U, 0.f);
+          } else {  // padding: the state passed through unchanged, gradients too
+            for (int64_t q = 0; q < 4; ++q) std::fill(dg + q * H, dg + q * H + U, 0.f);
+          }
         }
-        std::copy(dg, dg + 4 * H, pdg_all + bt * 4 * H);
-      }
+        // this step's d_gates for these units, transposed, and their sum over the batch
+        for (int64_t q = 0; q < 4; ++q)
+          transpose(pdg + t * B * 4 * H + q * H + u0, 4 * H, pdgt + (q * H + u0) * TB + t * B, TB,
+                    B, U, pdb + q * H + u0);
+      });
+#pragma omp barrier
+      team.run([&] {  // every thread's share of this step's d_gates is in place
+        ghh = t > 0 || state_grad ? linear(d_gates[t], w, std::nullopt, onednn) : Tensor();
+      });
+    }
+    team.run([&] {
+      for (int64_t b = 0; b < B; ++b) add_product(b);
     });
-    ghh = linear(step, w_hh_t, std::nullopt, onednn);
   }
-  d_h.add_(ghh);
-  return {d_gates, d_h, d_c};
+  team.rethrow();
+  Tensor d_x = at::empty({0}, opts);
+  if (input_grad)  // [T*B, I] = d_gates @ w_ih, back to batch-major
+    d_x = linear(d_gates.view({TB, 4 * H}), w_ih.t(), std::nullopt, onednn)
+              .view({T, B, I}).transpose(0, 1);
+  Tensor d_w_ih = linear(dgT, xT, std::nullopt, onednn);  // [4H, I]
+  Tensor d_w_hh = linear(dgT, hT, std::nullopt, onednn);  // [4H, H]
+  return {d_x, d_w_ih, d_w_hh, d_b, d_h, d_c};
 }
 
 }  // namespace
@@ -315,10 +537,11 @@ TORCH_LIBRARY(s2s_fused, m) {
   m.def("pointwise_backward(Tensor act, Tensor c_prev, Tensor tanh_c, Tensor dh, Tensor dc)"
         " -> (Tensor, Tensor)");
   m.def("sequence_forward(Tensor x, Tensor mask, Tensor h0, Tensor c0, Tensor w_ih, "
-        "Tensor w_hh, Tensor bias, bool onednn) -> "
-        "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("sequence_backward(Tensor d_out, Tensor mask, Tensor w_hh, Tensor acts, Tensor cs, "
-        "Tensor tcs, Tensor d_h, Tensor d_c, bool onednn) -> (Tensor, Tensor, Tensor)");
+        "Tensor w_hh, Tensor bias, bool h0_zero, bool onednn) -> "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("sequence_backward(Tensor d_out, Tensor mask, Tensor w_ih, Tensor w_hh, Tensor xT, "
+        "Tensor hT, Tensor acts, Tensor cs, Tensor tcs, Tensor d_h, Tensor d_c, bool input_grad, "
+        "bool state_grad, bool onednn) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(s2s_fused, CPU, m) {
