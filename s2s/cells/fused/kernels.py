@@ -28,7 +28,7 @@ import torch
 log = logging.getLogger("s2s")
 
 _SOURCE = Path(__file__).with_name("lstm_kernels.cpp")
-_FLAGS = ["-O3", "-ffast-math", "-march=native", "-fopenmp"]  # -fopenmp: at::parallel_for
+_FLAGS = ["-O3", "-ffast-math", "-fno-finite-math-only", "-march=native", "-fopenmp"]  # -fopenmp: at::parallel_for
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -65,7 +65,7 @@ def _build(name: str, library: Path) -> None:
         log.warning("fused-lstm: compiling its CPU kernels once (about 15 s) into %s",
                     library.parent)
         cpp_extension.load(name, [str(_SOURCE)], extra_cflags=_FLAGS,
-                           extra_ldflags=["-lmvec", "-fopenmp"], build_directory=str(scratch),
+                           extra_ldflags=["-fopenmp"], build_directory=str(scratch),
                            is_python_module=False, verbose=False)
         os.replace(scratch / library.name, library)
     finally:

@@ -32,13 +32,10 @@ namespace {
 
 using at::Tensor;
 
-// exp's argument is capped: under -ffast-math the division becomes a reciprocal estimate, which
-// turns 1 / inf into NaN (e^88 is finite); NaN inputs still give NaN.
-#define S2S_FASTEXP
-#ifdef S2S_FASTEXP
-// e^x, x clamped to [-87, 88] (normal results, no overflow): 2^n * e^r with r = x - n ln 2
-// (Cody-Waite) and Cephes' degree-7 polynomial for e^r; about 2 ulp, and it vectorises inline
-// (no call per vector).
+// e^x for x clamped to [-87, 88]: 2^n * e^r with r = x - n ln 2 (Cody-Waite) and Cephes'
+// polynomial for e^r, about 2 ulp. Inlined, so the gate loops vectorise without a call per
+// vector (2-3x faster than glibc's vector expf/tanhf); the clamp keeps results finite and
+// normal, so sigmoid and tanh saturate exactly at extreme pre-activations.
 [[gnu::always_inline]] inline float exp_(float x) {
   x = std::min(std::max(x, -87.f), 88.f);
   const float n = std::nearbyint(x * 1.44269504f);
@@ -58,10 +55,6 @@ using at::Tensor;
 }
 [[gnu::always_inline]] inline float sigm(float x) { return 1.f / (1.f + exp_(-x)); }
 [[gnu::always_inline]] inline float tanh_(float x) { return 2.f / (1.f + exp_(-2.f * x)) - 1.f; }
-#else
-inline float sigm(float x) { return 1.f / (1.f + expf(std::min(-x, 88.f))); }
-inline float tanh_(float x) { return tanhf(x); }
-#endif
 
 // rows per parallel chunk: about 32k floats of gates
 inline int64_t grain(int64_t hidden) { return std::max<int64_t>(1, 8192 / hidden); }
@@ -366,7 +359,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
   Tensor xh = at::empty({T, B, W}, opts), xT = at::empty({I, TB}, opts),
          hT = at::empty({H, TB}, opts);
   Tensor acts = at::empty({T, B, 4 * H}, opts), cs = at::empty({T + 1, B, H}, opts),
-         tcs = at::empty({T, B, H}, opts), out = at::empty({T, B, H}, opts),
+         tcs = at::empty({T, B, H}, opts), out = at::empty({B, T, H}, opts),
          h_last = h0.clone();
   cs[0].copy_(c0);
   if (T > 0) xh[0].narrow(1, I, H).copy_(h0);
@@ -412,7 +405,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
         float *pa = pacts + t * B * 4 * H, *pcn = pcs + (t + 1) * B * H, *ptc = ptcs + t * B * H;
         for (int64_t b = 0; b < B; ++b) {
           const int64_t r = b * H + u0, tb = t * B + b;
-          float* po = pout + tb * H + u0;
+          float* po = pout + (b * T + t) * H + u0;
           const float* hp = pxh + tb * W + I + u0;                          // h_{t-1}
           float* hn = t + 1 < T ? pxh + (tb + B) * W + I + u0 : phl + r;  // h_t
           row_forward<false>(pg + b * 4 * U, U, nullptr, 0, pcp + r, pa + b * 4 * H + u0, H,
@@ -431,7 +424,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
     }
   }
   team.rethrow();
-  return {out.transpose(0, 1).contiguous(), h_last, cs[T].clone(), xT, hT, acts, cs, tcs};
+  return {out, h_last, cs[T].clone(), xT, hT, acts, cs, tcs};
 }
 
 // Backward of sequence_forward. d_out [B, T, H] (rows of H contiguous, other strides free,
