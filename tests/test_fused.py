@@ -141,15 +141,21 @@ def threads():
 
 
 @needs_kernels
-@pytest.mark.parametrize("hid, n_threads", [(16, 2), (160, 2), (200, 3)])  # 1, 2, 3 threads
-@pytest.mark.parametrize("lengths", [[7, 7, 7, 7, 7], [7, 3, 5, 1, 7]])
+@pytest.mark.parametrize("hid, n_threads, batch", [
+    (16, 2, 5), (160, 2, 5), (200, 3, 5),  # oneDNN products: 1, 2 and 3 threads
+    (64, 1, 5), (128, 2, 13), (256, 2, 20),  # register-tiled panels (where AVX-512 exists)
+])
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("initial", ["given", "zero"])
-def test_compiled_sequence_equals_pure_pytorch_path(lengths, hid, n_threads, initial, threads):
+def test_compiled_sequence_equals_pure_pytorch_path(hid, n_threads, batch, padded, initial,
+                                                    threads):
     threads(n_threads)
     torch.manual_seed(2)
-    batch, time, inp = 5, 7, 6
+    time, inp = 7, 6
+    lengths = torch.randint(1, time + 1, (batch,)) if padded else torch.full((batch,), time)
+    lengths[0] = time
     x = torch.randn(batch, time, inp, requires_grad=True)
-    mask = (torch.arange(time)[None] < torch.tensor(lengths)[:, None]).float()
+    mask = (torch.arange(time)[None] < lengths[:, None]).float()
     given = initial == "given"  # else: no initial state, as FusedLSTMCell passes it (h0_zero)
     h0 = (torch.randn if given else torch.zeros)(batch, hid).requires_grad_(given)
     c0 = (torch.randn if given else torch.zeros)(batch, hid).requires_grad_(given)
@@ -165,7 +171,7 @@ def test_compiled_sequence_equals_pure_pytorch_path(lengths, hid, n_threads, ini
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     out = results[1][0]
-    for b, n in enumerate(lengths):
+    for b, n in enumerate(lengths.tolist()):
         assert out[b, n:].abs().sum() == 0  # padding is zero
 
 

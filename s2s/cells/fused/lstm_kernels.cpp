@@ -320,6 +320,72 @@ void transpose(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int
   }
 }
 
+#ifdef __AVX512F__
+// C [R, 64] = init [64] (or 0) + A [R, K] (rows at stride lda) @ P [K, 64] (a packed panel:
+// 64 floats per k). The R x 64 accumulators stay in registers for all of K (R <= 6: 24 of the
+// 32 vector registers), so the result meets memory once, in the caller's epilogue.
+template <int R>
+[[gnu::noinline]] void panel_gemm(const float* __restrict A, int64_t lda, const float* __restrict P, int64_t K,
+                const float* __restrict init, float* __restrict C) {
+  __m512 acc[R][4];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q)
+      acc[r][q] = init ? _mm512_loadu_ps(init + 16 * q) : _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const float* pk = P + k * 64;
+    const __m512 b0 = _mm512_loadu_ps(pk), b1 = _mm512_loadu_ps(pk + 16),
+                 b2 = _mm512_loadu_ps(pk + 32), b3 = _mm512_loadu_ps(pk + 48);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+      acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(a, b2, acc[r][2]);
+      acc[r][3] = _mm512_fmadd_ps(a, b3, acc[r][3]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) _mm512_storeu_ps(C + r * 64 + 16 * q, acc[r][q]);
+}
+
+constexpr int64_t kTileRows = 6;
+
+// panel_gemm for rows [0, rows) of A in tiles of kTileRows; after each tile,
+// epilogue(first row, rows in tile, C) with C [rows in tile, 64].
+template <class F>
+void panel_rows(const float* A, int64_t lda, int64_t rows, const float* P, int64_t K,
+                const float* init, F&& epilogue) {
+  alignas(64) float C[kTileRows * 64];
+  for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
+    const float* a = A + r0 * lda;
+    const int64_t R = std::min(kTileRows, rows - r0);
+    switch (R) {
+      case 6: panel_gemm<6>(a, lda, P, K, init, C); break;
+      case 5: panel_gemm<5>(a, lda, P, K, init, C); break;
+      case 4: panel_gemm<4>(a, lda, P, K, init, C); break;
+      case 3: panel_gemm<3>(a, lda, P, K, init, C); break;
+      case 2: panel_gemm<2>(a, lda, P, K, init, C); break;
+      default: panel_gemm<1>(a, lda, P, K, init, C); break;
+    }
+    epilogue(r0, R, static_cast<const float*>(C));
+  }
+}
+constexpr bool kPanels = true;
+#else
+constexpr bool kPanels = false;
+template <class F>
+void panel_rows(const float*, int64_t, int64_t, const float*, int64_t, const float*, F&&) {}
+#endif
+
+// Whether the sequence kernels multiply with their own register-tiled panels (AVX-512, and
+// every thread's hidden units come in blocks of 64), which lets each step's LSTM pointwise work
+// run on the product while it is still in the cache; else through oneDNN.
+bool use_panels(int64_t H, int64_t threads) { return kPanels && H % (64 * threads) == 0; }
+
 // threads for H hidden units: at least 64 units each
 int64_t team_size(int64_t H) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H / 64));
@@ -375,17 +441,55 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
     at::ThreadLocalStateGuard tls_guard(tls);
     const int64_t n = omp_get_num_threads(), p = omp_get_thread_num();
     const int64_t u0 = H * p / n, U = H * (p + 1) / n - u0;  // this thread's hidden units
-    Tensor w, w_x, bias_u;  // their weight rows (packed; the input part alone) and biases
-    team.run([&] {
-      // rows i, f, g, o of [w_ih | w_hh] for these units: [4U, I + H]; the GEMM gives [B, 4U]
-      Tensor rows = at::empty({4 * U, W}, w_ih.options());
-      for (int64_t q = 0; q < 4; ++q) {
-        rows.narrow(0, q * U, U).narrow(1, 0, I).copy_(w_ih.narrow(0, q * H + u0, U));
-        rows.narrow(0, q * U, U).narrow(1, I, H).copy_(w_hh.narrow(0, q * H + u0, U));
+    const bool panels = use_panels(H, n);
+    // the pointwise work of step t for row b, units [j, j + nu), from the gates' pre-activations
+    // g (gate stride sg): writes acts, c, tanh c, the output and the next step's h
+    auto finish = [&](int64_t t, int64_t b, int64_t j, int64_t nu, const float* g, int64_t sg) {
+      const int64_t r = b * H + j, tb = t * B + b;
+      const float* cp = pcs + t * B * H + r;
+      float* cn = pcs + (t + 1) * B * H + r;
+      float* po = pout + (b * T + t) * H + j;
+      const float* hp = pxh + tb * W + I + j;                          // h_{t-1}
+      float* hn = t + 1 < T ? pxh + (tb + B) * W + I + j : phl + r;  // h_t
+      row_forward<false>(g, sg, nullptr, 0, cp, pacts + tb * 4 * H + j, H, cn,
+                         ptcs + t * B * H + r, po, nu);
+      if (pm[b * T + t] != 0.f) {
+        std::copy(po, po + nu, hn);
+      } else {  // padding: carry the state, output zero
+        std::copy(hp, hp + nu, hn);
+        std::copy(cp, cp + nu, cn);
+        std::fill(po, po + nu, 0.f);
       }
-      w = pack(rows, B, onednn);
-      bias_u = gate_rows(bias, H, u0, U);
-      if (h0_zero) w_x = rows.narrow(1, 0, I).contiguous();
+    };
+    // panels: this thread's units in blocks of 16, each [I + H, 4 gates x 16 units] (k-major)
+    // and its bias [4 x 16]; oneDNN: rows i, f, g, o of [w_ih | w_hh] for its units, packed
+    // (the GEMM gives [B, 4U]), the input part alone, and the biases
+    Tensor w, w_x, bias_u;
+    team.run([&] {
+      if (panels) {
+        w = at::empty({U / 16, W, 64}, w_ih.options());
+        bias_u = at::empty({U / 16, 64}, w_ih.options());
+        float *pw = w.data_ptr<float>(), *pb = bias_u.data_ptr<float>();
+        const float *pwi = w_ih.data_ptr<float>(), *pwh = w_hh.data_ptr<float>(),
+                    *pbias = bias.data_ptr<float>();
+        for (int64_t cb = 0; cb < U / 16; ++cb)
+          for (int64_t q = 0; q < 4; ++q) {
+            const int64_t row = q * H + u0 + cb * 16;  // of w_ih / w_hh / bias
+            float* panel = pw + cb * W * 64 + q * 16;
+            transpose(pwi + row * I, I, panel, 64, 16, I);
+            transpose(pwh + row * H, H, panel + I * 64, 64, 16, H);
+            std::copy(pbias + row, pbias + row + 16, pb + cb * 64 + q * 16);
+          }
+      } else {
+        Tensor rows = at::empty({4 * U, W}, w_ih.options());
+        for (int64_t q = 0; q < 4; ++q) {
+          rows.narrow(0, q * U, U).narrow(1, 0, I).copy_(w_ih.narrow(0, q * H + u0, U));
+          rows.narrow(0, q * U, U).narrow(1, I, H).copy_(w_hh.narrow(0, q * H + u0, U));
+        }
+        w = pack(rows, B, onednn);
+        bias_u = gate_rows(bias, H, u0, U);
+        if (h0_zero) w_x = rows.narrow(1, 0, I).contiguous();
+      }
       // this thread's share of the time steps' inputs, into xh and xT
       for (int64_t t = T * p / n; t < T * (p + 1) / n; ++t) {
         for (int64_t b = 0; b < B; ++b) {
@@ -398,25 +502,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
 #pragma omp barrier
     for (int64_t t = 0; t < T; ++t) {
       team.run([&] {
-        Tensor gates = t == 0 && h0_zero ? linear(xh[0].narrow(1, 0, I), w_x, bias_u, onednn)
-                                         : linear(xh[t], w, bias_u, onednn);
-        const float* pg = gates.data_ptr<float>();
-        const float* pcp = pcs + t * B * H;
-        float *pa = pacts + t * B * 4 * H, *pcn = pcs + (t + 1) * B * H, *ptc = ptcs + t * B * H;
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t r = b * H + u0, tb = t * B + b;
-          float* po = pout + (b * T + t) * H + u0;
-          const float* hp = pxh + tb * W + I + u0;                          // h_{t-1}
-          float* hn = t + 1 < T ? pxh + (tb + B) * W + I + u0 : phl + r;  // h_t
-          row_forward<false>(pg + b * 4 * U, U, nullptr, 0, pcp + r, pa + b * 4 * H + u0, H,
-                             pcn + r, ptc + r, po, U);
-          if (pm[b * T + t] != 0.f) {
-            std::copy(po, po + U, hn);
-          } else {  // padding: carry the state, output zero
-            std::copy(hp, hp + U, hn);
-            std::copy(pcp + r, pcp + r + U, pcn + r);
-            std::fill(po, po + U, 0.f);
-          }
+        // with no initial state, step 0's recurrent part is zero: x_0's product alone
+        const bool x_only = t == 0 && h0_zero;
+        if (panels) {
+          const float *pw = w.data_ptr<float>(), *pb = bias_u.data_ptr<float>();
+          for (int64_t cb = 0; cb < U / 16; ++cb)
+            panel_rows(pxh + t * B * W, W, B, pw + cb * W * 64, x_only ? I : W, pb + cb * 64,
+                       [&](int64_t r0, int64_t R, const float* C) {
+                         for (int64_t r = 0; r < R; ++r)
+                           finish(t, r0 + r, u0 + cb * 16, 16, C + r * 64, 16);
+                       });
+        } else {
+          Tensor gates = x_only ? linear(xh[0].narrow(1, 0, I), w_x, bias_u, onednn)
+                                : linear(xh[t], w, bias_u, onednn);
+          const float* pg = gates.data_ptr<float>();
+          for (int64_t b = 0; b < B; ++b) finish(t, b, u0, U, pg + b * 4 * U, U);
         }
         transpose(pxh + t * B * W + I + u0, W, pht + u0 * TB + t * B, TB, B, U);  // h_{t-1}
       });
@@ -456,7 +556,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
          d_b = at::zeros({4 * H}, opts);
   // d_h: the gradient reaching h from later steps, not yet through a step; d_c likewise
   Tensor d_h = d_h_in.contiguous().clone(), d_c = d_c_in.contiguous().clone();
-  Tensor w_hh_t = w_hh.t().contiguous();  // [H, 4H]: d h_prev = d_gates @ w_hh
   const float *pm = mask.data_ptr<float>(), *pdo = d_out.data_ptr<float>(),
               *pacts = acts.data_ptr<float>(), *pcs = cs.data_ptr<float>(),
               *ptcs = tcs.data_ptr<float>();
@@ -470,48 +569,91 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
     at::ThreadLocalStateGuard tls_guard(tls);
     const int64_t n = omp_get_num_threads(), p = omp_get_thread_num();
     const int64_t u0 = H * p / n, U = H * (p + 1) / n - u0;  // this thread's hidden units
-    Tensor w, ghh;  // its columns of w_hh, packed; the last product's d h_prev [B, U]
-    team.run([&] { w = pack(w_hh_t.narrow(0, u0, U), B, onednn); });
-    auto add_product = [&](int64_t b) {  // d_h += the product's share for row b
-      if (!ghh.defined()) return;
-      const float* g = ghh.data_ptr<float>() + b * U;
-      float* dh = pdh + b * H + u0;
+    const bool panels = use_panels(H, n);
+    // step t for row b, units [j, j + nu): d_h += ghh (d h_prev from step t + 1's d_gates, if
+    // given), then through the step: d_gates and d c_prev (t = -1: only the addition, d_h0)
+    auto back = [&](int64_t t, int64_t b, int64_t j, int64_t nu, const float* ghh) {
+      float* dh = pdh + b * H + j;
+      if (ghh) {
 #pragma omp simd
-      for (int64_t j = 0; j < U; ++j) dh[j] += g[j];
+        for (int64_t k = 0; k < nu; ++k) dh[k] += ghh[k];
+      }
+      if (t < 0) return;
+      const int64_t r = b * H + j, tb = t * B + b;
+      float* dg = pdg + tb * 4 * H + j;
+      if (pm[b * T + t] != 0.f) {
+        const float* dout = pdo + b * so_b + t * so_t + j;
+#pragma omp simd
+        for (int64_t k = 0; k < nu; ++k) dh[k] += dout[k];
+        // d_c becomes d c_prev in place; d_h restarts from zero (the product adds to it)
+        row_backward(pacts + tb * 4 * H + j, H, pcs + t * B * H + r, ptcs + t * B * H + r, dh,
+                     pdc + r, dg, H, pdc + r, nu);
+        std::fill(dh, dh + nu, 0.f);
+      } else {  // padding: the state passed through unchanged, gradients too
+        for (int64_t q = 0; q < 4; ++q) std::fill(dg + q * H, dg + q * H + nu, 0.f);
+      }
     };
-    for (int64_t t = T - 1; t >= 0; --t) {
+    // this step's d_gates for these units, transposed, and their sum over the batch
+    auto transposed = [&](int64_t t) {
+      for (int64_t q = 0; q < 4; ++q)
+        transpose(pdg + t * B * 4 * H + q * H + u0, 4 * H, pdgt + (q * H + u0) * TB + t * B, TB,
+                  B, U, pdb + q * H + u0);
+    };
+    // d h_prev = d_gates @ w_hh for these units. Panels: blocks of 64 units, each
+    // [4H, 64] (k-major); oneDNN: w_hh^T's rows, packed, and the last product [B, U]
+    Tensor w, ghh;
+    team.run([&] {
+      if (panels) {
+        w = at::empty({U / 64, 4 * H, 64}, opts);
+        float* pw = w.data_ptr<float>();
+        const float* pwh = w_hh.data_ptr<float>();
+        for (int64_t cb = 0; cb < U / 64; ++cb)
+          for (int64_t k = 0; k < 4 * H; ++k)
+            std::copy(pwh + k * H + u0 + cb * 64, pwh + k * H + u0 + cb * 64 + 64,
+                      pw + (cb * 4 * H + k) * 64);
+      } else {
+        w = pack(w_hh.t().narrow(0, u0, U), B, onednn);  // [U, 4H]
+      }
+    });
+    if (panels) {
+      // step T - 1 has no product to add; each later iteration multiplies step t + 1's
+      // d_gates (all units: after the barrier) and takes step t through on the result
       team.run([&] {
-        const float *pa = pacts + t * B * 4 * H, *pcp = pcs + t * B * H, *ptc = ptcs + t * B * H;
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t r = b * H + u0;
-          float* dg = pdg + (t * B + b) * 4 * H + u0;
-          add_product(b);
-          if (pm[b * T + t] != 0.f) {
-            const float* dout = pdo + b * so_b + t * so_t + u0;
-            float* dh = pdh + r;
-#pragma omp simd
-            for (int64_t j = 0; j < U; ++j) dh[j] += dout[j];
-            // d_c becomes d c_prev in place; d_h restarts from zero (the product adds to it)
-            row_backward(pa + b * 4 * H + u0, H, pcp + r, ptc + r, dh, pdc + r, dg, H, pdc + r,
-                         U);
-            std::fill(dh, dh + U, 0.f);
-          } else {  // padding: the state passed through unchanged, gradients too
-            for (int64_t q = 0; q < 4; ++q) std::fill(dg + q * H, dg + q * H + U, 0.f);
-          }
-        }
-        // this step's d_gates for these units, transposed, and their sum over the batch
-        for (int64_t q = 0; q < 4; ++q)
-          transpose(pdg + t * B * 4 * H + q * H + u0, 4 * H, pdgt + (q * H + u0) * TB + t * B, TB,
-                    B, U, pdb + q * H + u0);
+        if (T == 0) return;
+        for (int64_t b = 0; b < B; ++b) back(T - 1, b, u0, U, nullptr);
+        transposed(T - 1);
       });
 #pragma omp barrier
-      team.run([&] {  // every thread's share of this step's d_gates is in place
-        ghh = t > 0 || state_grad ? linear(d_gates[t], w, std::nullopt, onednn) : Tensor();
+      for (int64_t t = T - 2; t >= (state_grad ? -1 : 0); --t) {
+        team.run([&] {
+          const float* pw = w.data_ptr<float>();
+          for (int64_t cb = 0; cb < U / 64; ++cb)
+            panel_rows(pdg + (t + 1) * B * 4 * H, 4 * H, B, pw + cb * 4 * H * 64, 4 * H, nullptr,
+                       [&](int64_t r0, int64_t R, const float* C) {
+                         for (int64_t r = 0; r < R; ++r)
+                           back(t, r0 + r, u0 + cb * 64, 64, C + r * 64);
+                       });
+          if (t >= 0) transposed(t);
+        });
+#pragma omp barrier
+      }
+    } else {
+      for (int64_t t = T - 1; t >= 0; --t) {
+        team.run([&] {
+          for (int64_t b = 0; b < B; ++b)
+            back(t, b, u0, U, ghh.defined() ? ghh.data_ptr<float>() + b * U : nullptr);
+          transposed(t);
+        });
+#pragma omp barrier
+        team.run([&] {  // every thread's share of this step's d_gates is in place
+          ghh = t > 0 || state_grad ? linear(d_gates[t], w, std::nullopt, onednn) : Tensor();
+        });
+      }
+      team.run([&] {
+        if (ghh.defined())
+          for (int64_t b = 0; b < B; ++b) back(-1, b, u0, U, ghh.data_ptr<float>() + b * U);
       });
     }
-    team.run([&] {
-      for (int64_t b = 0; b < B; ++b) add_product(b);
-    });
   }
   team.rethrow();
   Tensor d_x = at::empty({0}, opts);
