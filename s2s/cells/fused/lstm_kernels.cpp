@@ -64,10 +64,14 @@ void check(const Tensor& t, const char* name) {
               "s2s_fused: ", name, " must be a contiguous float32 CPU tensor");
 }
 
-// a [M, K] @ w^T (w [N, K], any strides) + bias [N]: through oneDNN (torch's
-// mkldnn::_linear_pointwise, faster than MKL's sgemm on the machines s2s is measured on; see
-// s2s/gemm.py) when `onednn`, else at::addmm (MKL).
-Tensor linear(const Tensor& a, const Tensor& w, const std::optional<Tensor>& bias, bool onednn) {
+// a [M, K] @ w^T (w [N, K]) + bias [N]: through oneDNN (torch's mkldnn::_linear_pointwise,
+// faster than MKL's sgemm on the machines s2s is measured on; see s2s/gemm.py) when `onednn`,
+// else at::addmm (MKL). oneDNN gets w dense (row- or column-major) or packed: a sliced weight
+// sends it to a reference kernel ~1000x slower.
+Tensor linear(const Tensor& a, const Tensor& w_in, const std::optional<Tensor>& bias,
+              bool onednn) {
+  const bool dense = w_in.is_mkldnn() || w_in.is_contiguous() || w_in.t().is_contiguous();
+  const Tensor w = dense ? w_in : w_in.contiguous();
   if (onednn && a.numel() > 0 && w.numel() > 0) {  // oneDNN rejects empty shapes
     static const c10::OperatorHandle op =
         c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
