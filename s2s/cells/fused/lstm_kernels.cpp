@@ -556,7 +556,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
               "s2s_fused: sequence_backward got tensors of the wrong shape or dtype");
   const int64_t so_b = d_out.stride(0), so_t = d_out.stride(1);
   const auto opts = acts.options();
-  Tensor d_gates = at::empty({T, B, 4 * H}, opts), dgT = at::empty({4 * H, TB}, opts),
+  Tensor d_gates = at::empty({B, T, 4 * H}, opts), dgT = at::empty({4 * H, TB}, opts),
          d_b = at::zeros({4 * H}, opts);
   // d_h: the gradient reaching h from later steps, not yet through a step; d_c likewise
   Tensor d_h = d_h_in.contiguous().clone(), d_c = d_c_in.contiguous().clone();
@@ -584,7 +584,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
       }
       if (t < 0) return;
       const int64_t r = b * H + j, tb = t * B + b;
-      float* dg = pdg + tb * 4 * H + j;
+      float* dg = pdg + (b * T + t) * 4 * H + j;
       if (pm[b * T + t] != 0.f) {
         const float* dout = pdo + b * so_b + t * so_t + j;
 #pragma omp simd
@@ -600,7 +600,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
     // this step's d_gates for these units, transposed, and their sum over the batch
     auto transposed = [&](int64_t t) {
       for (int64_t q = 0; q < 4; ++q)
-        transpose(pdg + t * B * 4 * H + q * H + u0, 4 * H, pdgt + (q * H + u0) * TB + t * B, TB,
+        transpose(pdg + t * 4 * H + q * H + u0, T * 4 * H, pdgt + (q * H + u0) * TB + t * B, TB,
                   B, U, pdb + q * H + u0);
     };
     // d h_prev = d_gates @ w_hh for these units. Panels: blocks of 64 units, each
@@ -632,7 +632,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
         team.run([&] {
           const float* pw = w.data_ptr<float>();
           for (int64_t cb = 0; cb < U / 64; ++cb)
-            panel_rows(pdg + (t + 1) * B * 4 * H, 4 * H, B, pw + cb * 4 * H * 64, 4 * H, nullptr,
+            panel_rows(pdg + (t + 1) * 4 * H, T * 4 * H, B, pw + cb * 4 * H * 64, 4 * H, nullptr,
                        [&](int64_t r0, int64_t R, const float* C) {
                          for (int64_t r = 0; r < R; ++r)
                            back(t, r0 + r, u0 + cb * 64, 64, C + r * 64);
@@ -650,7 +650,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
         });
 #pragma omp barrier
         team.run([&] {  // every thread's share of this step's d_gates is in place
-          ghh = t > 0 || state_grad ? linear(d_gates[t], w, std::nullopt, onednn) : Tensor();
+          ghh = t > 0 || state_grad
+                    ? linear(d_gates.select(1, t).contiguous(), w, std::nullopt, onednn)
+                    : Tensor();
         });
       }
       team.run([&] {
@@ -661,9 +663,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
   }
   team.rethrow();
   Tensor d_x = at::empty({0}, opts);
-  if (input_grad)  // [T*B, I] = d_gates @ w_ih, back to batch-major
-    d_x = linear(d_gates.view({TB, 4 * H}), w_ih.t(), std::nullopt, onednn)
-              .view({T, B, I}).transpose(0, 1);
+  if (input_grad)  // [B*T, I] = d_gates @ w_ih
+    d_x = linear(d_gates.view({TB, 4 * H}), w_ih.t(), std::nullopt, onednn).view({B, T, I});
   Tensor d_w_ih = linear(dgT, xT, std::nullopt, onednn);  // [4H, I]
   Tensor d_w_hh = linear(dgT, hT, std::nullopt, onednn);  // [4H, H]
   return {d_x, d_w_ih, d_w_hh, d_b, d_h, d_c};
