@@ -151,7 +151,7 @@ def test_compiled_sequence_equals_pure_pytorch_path(hid, n_threads, batch, padde
                                                     threads):
     threads(n_threads)
     torch.manual_seed(2)
-    time, inp = 7, 6
+    time, inp = 7, 70  # 70: products in 64-column panels plus a remainder
     lengths = torch.randint(1, time + 1, (batch,)) if padded else torch.full((batch,), time)
     lengths[0] = time
     x = torch.randn(batch, time, inp, requires_grad=True)

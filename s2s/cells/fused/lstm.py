@@ -52,23 +52,23 @@ class _CompiledSequence(torch.autograd.Function):
     def forward(ctx, x: Tensor, mask: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor,
                 w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0_zero: bool = False):
         w_ih, w_hh, mask = w_ih.contiguous(), w_hh.contiguous(), mask.contiguous()
-        out, h, c, x_t, h_t, acts, cs, tanh_cs = kernels.ops().sequence_forward(
+        out, h, c, xh, acts, cs, tanh_cs = kernels.ops().sequence_forward(
             x.contiguous(), mask, h0.contiguous(), c0.contiguous(), w_ih, w_hh,
             (b_ih + b_hh).contiguous(), h0_zero, gemm.available())
-        ctx.save_for_backward(mask, w_ih, w_hh, x_t, h_t, acts, cs, tanh_cs)
+        ctx.save_for_backward(mask, w_ih, w_hh, xh, acts, cs, tanh_cs)
         return out, h, c
 
     @staticmethod
     @torch.autocast("cpu", enabled=False)  # float32 kernels, also if backward runs in autocast
     def backward(ctx, d_out: Tensor, d_h: Tensor, d_c: Tensor):
-        mask, w_ih, w_hh, x_t, h_t, acts, cs, tanh_cs = ctx.saved_tensors
+        mask, w_ih, w_hh, xh, acts, cs, tanh_cs = ctx.saved_tensors
         time, batch, hidden = tanh_cs.shape
         zeros = acts.new_zeros(batch, hidden)
         d_out = d_out if d_out is not None else acts.new_zeros(1, 1, hidden).expand(
             batch, time, hidden)
         needs = ctx.needs_input_grad
         d_x, d_w_ih, d_w_hh, d_b, d_h0, d_c0 = kernels.ops().sequence_backward(
-            d_out, mask, w_ih, w_hh, x_t, h_t, acts, cs, tanh_cs, zeros if d_h is None else d_h,
+            d_out, mask, w_ih, w_hh, xh, acts, cs, tanh_cs, zeros if d_h is None else d_h,
             zeros if d_c is None else d_c, needs[0], needs[2] or needs[3], gemm.available())
         return (d_x if needs[0] else None, None, d_h0 if needs[2] else None,
                 d_c0 if needs[3] else None, d_w_ih, d_w_hh, d_b, d_b, None)
