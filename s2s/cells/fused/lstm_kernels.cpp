@@ -390,10 +390,20 @@ bool use_panels(int64_t H, int64_t threads) { return kPanels && H % (64 * thread
 // split across threads). Columns past the last multiple of 64 go through at::mm.
 void mm_panels(const Tensor& a, bool a_t, const Tensor& b, Tensor& c) {
   const int64_t M = c.size(0), N = c.size(1), K = b.size(0), N64 = kPanels ? N / 64 * 64 : 0;
-  const float *pa = a.data_ptr<float>(), *pb = b.data_ptr<float>();
+  const float* pa = a.data_ptr<float>();
   float* pc = c.data_ptr<float>();
-  const int64_t lda = a.stride(0), ldb = b.stride(0), ldc = c.stride(0);
+  const int64_t lda = a.stride(0), ldc = c.stride(0);
   if (N64 > 0) {
+    // B's panels packed k-major, each [K, 64] contiguous: streamed by every tile of rows
+    Tensor packed = at::empty({N64 / 64, K, 64}, b.options());
+    float* pb = packed.data_ptr<float>();
+    const float* src = b.data_ptr<float>();
+    const int64_t ldb = b.stride(0), ldb_p = 64;
+    at::parallel_for(0, K, 64, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k)
+        for (int64_t cb = 0; cb < N64 / 64; ++cb)
+          std::copy(src + k * ldb + cb * 64, src + k * ldb + cb * 64 + 64, pb + (cb * K + k) * 64);
+    });
     const int64_t tiles = (M + kTileRows - 1) / kTileRows;
     at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
       const int64_t r0 = t0 * kTileRows, rows = std::min(M, t1 * kTileRows) - r0;
@@ -403,9 +413,9 @@ void mm_panels(const Tensor& a, bool a_t, const Tensor& b, Tensor& c) {
             std::copy(tile + r * 64, tile + r * 64 + 64, pc + (r0 + i0 + r) * ldc + cb * 64);
         };
         if (a_t)
-          panel_rows<true>(pa + r0, lda, rows, pb + cb * 64, ldb, K, nullptr, store);
+          panel_rows<true>(pa + r0, lda, rows, pb + cb * K * 64, ldb_p, K, nullptr, store);
         else
-          panel_rows<false>(pa + r0 * lda, lda, rows, pb + cb * 64, ldb, K, nullptr, store);
+          panel_rows<false>(pa + r0 * lda, lda, rows, pb + cb * K * 64, ldb_p, K, nullptr, store);
       }
     });
   }
@@ -572,7 +582,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
               "s2s_fused: sequence_backward got tensors of the wrong shape or dtype");
   const int64_t so_b = d_out.stride(0), so_t = d_out.stride(1);
   const auto opts = acts.options();
-  Tensor d_gates = at::empty({B, T, 4 * H}, opts), d_b = at::zeros({4 * H}, opts);
+  // d_gates' rows are padded to G = 4H + 16 floats: at a multiple of 4 KB, the d_gates^T
+  // products' column reads would all fall into one L1 cache set
+  const int64_t G = 4 * H + 16;
+  Tensor d_gates = at::empty({B, T, G}, opts).narrow(2, 0, 4 * H), d_b = at::zeros({4 * H}, opts);
   // d_h: the gradient reaching h from later steps, not yet through a step; d_c likewise
   Tensor d_h = d_h_in.contiguous().clone(), d_c = d_c_in.contiguous().clone();
   const float *pm = mask.data_ptr<float>(), *pdo = d_out.data_ptr<float>(),
@@ -599,7 +612,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
       }
       if (t < 0) return;
       const int64_t r = b * H + j, tb = t * B + b;
-      float* dg = pdg + (b * T + t) * 4 * H + j;
+      float* dg = pdg + (b * T + t) * G + j;
       if (pm[b * T + t] != 0.f) {
         const float* dout = pdo + b * so_b + t * so_t + j;
 #pragma omp simd
@@ -646,7 +659,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
         team.run([&] {
           const float* pw = w.data_ptr<float>();
           for (int64_t cb = 0; cb < U / 64; ++cb)
-            panel_rows(pdg + (t + 1) * 4 * H, T * 4 * H, B, pw + cb * 4 * H * 64, 64, 4 * H,
+            panel_rows(pdg + (t + 1) * G, T * G, B, pw + cb * 4 * H * 64, 64, 4 * H,
                        nullptr,
                        [&](int64_t r0, int64_t R, const float* C) {
                          for (int64_t r = 0; r < R; ++r)
@@ -675,7 +688,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
     }
   }
   team.rethrow();
-  const Tensor dg2 = d_gates.view({TB, 4 * H}), xh2 = xh.view({TB, I + H});
+  const Tensor dg2 = d_gates.reshape({TB, 4 * H}), xh2 = xh.view({TB, I + H});  // dg2: a view
   Tensor d_x = at::empty({0}, opts), d_w_ih = at::empty({4 * H, I}, opts),
          d_w_hh = at::empty({4 * H, H}, opts);
   if (kPanels) {  // the panel kernel: ~5-10% faster than oneDNN here, and reads xh in place
