@@ -321,8 +321,10 @@ constexpr int64_t kTileRows = 6;  // rows of A per panel_gemm call
 
 #ifdef __AVX512F__
 // C [R, 64] = init [64] (or 0) + A [R, K] @ P [K, 64] (a panel: 64 floats per k, at stride
-// ldp). A's rows are at stride lda, or with kTA its columns (A is read transposed). The R x 64 accumulators stay in registers for all of K (R <= 6: 24 of the
-// 32 vector registers), so the result meets memory once, in the caller's epilogue.
+// ldp). A's rows are at stride lda, or with kTA its columns (A is read transposed). The R x 64
+// accumulators stay in registers for all of K (R <= 6: 24 of the 32 vector registers), so the
+// result meets memory once, in the caller's epilogue. Not inlined: inside the sequence loops
+// the compiler would spill the accumulators.
 template <int R, bool kTA>
 [[gnu::noinline]] void panel_gemm(const float* __restrict A, int64_t lda,
                                   const float* __restrict P, int64_t ldp, int64_t K,
@@ -385,10 +387,12 @@ void panel_rows(const float*, int64_t, int64_t, const float*, int64_t, int64_t, 
 // run on the product while it is still in the cache; else through oneDNN.
 bool use_panels(int64_t H, int64_t threads) { return kPanels && H % (64 * threads) == 0; }
 
-// C [M, N] = A [M, K] @ B [K, N] (A^T @ B with a_t: A is [K, M]), all row-major at row
-// strides lda, ldb, ldc, through the panel kernel (panels read from B in place; the rows of C
-// split across threads). Columns past the last multiple of 64 go through at::mm.
+// c [M, N] = a [M, K] @ b [K, N] (a^T @ b with a_t: a is [K, M]), each with rows of unit
+// stride, through the panel kernel (b packed into panels first; the rows of c split across
+// threads). Columns past the last multiple of 64 go through at::mm.
 void mm_panels(const Tensor& a, bool a_t, const Tensor& b, Tensor& c) {
+  TORCH_CHECK(a.stride(1) == 1 && b.stride(1) == 1 && c.stride(1) == 1,
+              "s2s_fused: mm_panels needs rows of unit stride");
   const int64_t M = c.size(0), N = c.size(1), K = b.size(0), N64 = kPanels ? N / 64 * 64 : 0;
   const float* pa = a.data_ptr<float>();
   float* pc = c.data_ptr<float>();
@@ -422,7 +426,6 @@ void mm_panels(const Tensor& a, bool a_t, const Tensor& b, Tensor& c) {
   if (N64 < N)
     c.narrow(1, N64, N - N64).copy_(at::mm(a_t ? a.t() : a, b.narrow(1, N64, N - N64)));
 }
-
 
 // threads for H hidden units: at least 64 units each
 int64_t team_size(int64_t H) {
@@ -483,16 +486,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
     // the pointwise work of step t for row b, units [j, j + nu), from the gates' pre-activations
     // g (gate stride sg): writes acts, c, tanh c, the output and the next step's h
     auto finish = [&](int64_t t, int64_t b, int64_t j, int64_t nu, const float* g, int64_t sg) {
-      const int64_t r = b * H + j, tb = t * B + b;
+      const int64_t r = b * H + j, tb = t * B + b, bt = b * T + t;
       const float* cp = pcs + t * B * H + r;
       float* cn = pcs + (t + 1) * B * H + r;
-      float* po = pout + (b * T + t) * H + j;
-      const int64_t bt = b * T + t;
+      float* po = pout + bt * H + j;
       const float* hp = pxh + bt * W + I + j;                          // h_{t-1}
       float* hn = t + 1 < T ? pxh + (bt + 1) * W + I + j : phl + r;  // h_t
       row_forward<false>(g, sg, nullptr, 0, cp, pacts + tb * 4 * H + j, H, cn,
                          ptcs + t * B * H + r, po, nu);
-      if (pm[b * T + t] != 0.f) {
+      if (pm[bt] != 0.f) {
         std::copy(po, po + nu, hn);
       } else {  // padding: carry the state, output zero
         std::copy(hp, hp + nu, hn);
@@ -530,8 +532,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
         if (h0_zero) w_x = rows.narrow(1, 0, I).contiguous();
       }
     });
-#pragma omp barrier
-    for (int64_t t = 0; t < T; ++t) {
+    for (int64_t t = 0; t < T; ++t) {  // (each thread packed its own weights: no barrier yet)
       team.run([&] {
         // with no initial state, step 0's recurrent part is zero: x_0's product alone
         const bool x_only = t == 0 && h0_zero;
