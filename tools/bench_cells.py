@@ -4,7 +4,8 @@
 
 1. decoder-style stepping: B=64, input 768, hidden 512, 20 steps of `step`, forward+backward,
    vs torch.nn.LSTMCell looped over the same steps; float32 and bf16 autocast.
-2. whole sequence: B=64, T=20, input 256, hidden 256, `forward` + backward, vs torch.nn.LSTM.
+2. whole sequence: B=64, T=20, input 256, hidden 256, `forward` + backward, vs torch.nn.LSTM
+   (4 x --repeats pairs).
 Prints one JSON line per case with median milliseconds and the speed-up (torch / cell).
 Both sides run in one process set up as s2s sets up training and translation
 (`s2s.runtime.tune_allocator`); `--system-malloc` leaves the allocator alone.
@@ -107,7 +108,7 @@ def main() -> None:
     for _ in range(3):
         seq_ours(), seq_ref()
     ta, tb = [], []
-    for _ in range(args.repeats):
+    for _ in range(4 * args.repeats):  # ~20 ms a call: more pairs for a steadier median
         ta += _time(seq_ours, 1)
         tb += _time(seq_ref, 1)
     ma, mb = statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
