@@ -277,3 +277,14 @@ def test_compiled_sequence_rejects_a_wrong_state_shape_with_an_error():
     with pytest.raises(RuntimeError, match=r"initial state must be \[B, H\]"):
         fused(torch.randn(4, 5, 3), torch.tensor([5, 5, 3, 1]),
               (torch.randn(1, 8), torch.randn(1, 8)))
+
+
+def test_a_failed_build_is_reported_by_its_compiler_diagnostic():
+    error = RuntimeError(
+        "Error building extension 's2s_fused_x': [1/2] c++ -MMD -O3 -c lstm_kernels.cpp\n"
+        "FAILED: lstm_kernels.o\n"
+        "lstm_kernels.cpp:682:20: error: 'z0' was not declared in this scope\n"
+        "ninja: build stopped: subcommand failed.")
+    assert kernels._reason(error) == (
+        "RuntimeError: lstm_kernels.cpp:682:20: error: 'z0' was not declared in this scope")
+    assert kernels._reason(OSError("no ninja")) == "OSError: no ninja"

@@ -73,9 +73,12 @@ def _build(name: str, library: Path) -> None:
 
 
 def _reason(error: Exception) -> str:
-    """The line of a failed build that says why (a compiler error), else its last line."""
+    """The line of a failed build that says why: a compiler diagnostic ("file:line: error: ..."),
+    else the first line that mentions an error, else the last line."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    found = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "")
+    found = next((line for line in lines if "error:" in line.lower()),
+                 next((line for line in lines if "error" in line.lower()),
+                      lines[-1] if lines else ""))
     return f"{type(error).__name__}: {found}"
 
 

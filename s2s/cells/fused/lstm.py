@@ -6,10 +6,13 @@ stands).
   `deferred.linear_cat` (one GEMM with deferred weight gradients in training; autocast-cached
   weight casts), then one autograd node for all the gate pointwise work (sigmoid/tanh, cell and
   hidden update): one compiled pass each way (float32 and bfloat16), or `lstm`'s PyTorch version.
-- `forward` (a whole sequence): one autograd Function. All time steps' input projections are one
-  GEMM, each step is one GEMM plus one pointwise pass, and in backward each step costs one GEMM
-  while the input and weight gradients are two large GEMMs over all steps. The loops run in C++
-  for float32 (`_CompiledSequence`), in Python otherwise (`_Sequence`, e.g. bf16 autocast).
+- `forward` (a whole sequence): one autograd Function. In float32 (`_CompiledSequence`) the
+  loops run in C++ on a team of threads that split the hidden units: each step is one product
+  over [x_t, h_{t-1}] per thread with the pointwise work as its epilogue, then one barrier; in
+  backward each step is one product (d h_prev) with the previous step's pointwise backward as
+  its epilogue, and d_x and both weight gradients are three large products at the end.
+  Otherwise (e.g. bf16 autocast) the same recurrence runs as a Python loop (`_Sequence`): one
+  GEMM for all input projections, one GEMM and one pointwise node per step.
 
 Without the compiled kernels (no compiler; `S2S_FUSED_KERNELS=0`) the same math runs in PyTorch.
 Gates are ordered i, f, g, o as in torch.nn.LSTM. Legend: B batch, T time, I input, H hidden.
