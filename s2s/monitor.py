@@ -9,6 +9,19 @@ from pathlib import Path
 from typing import Any
 
 
+def _drop_partial_line(path: Path) -> None:
+    """A run killed while writing its log can leave a last line without its newline (half a
+    JSON record). Cut it off, so that the resumed run's records start on lines of their own and
+    every line stays valid JSON."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 class Monitor:
     """TensorBoard scalars/text/images/hparams, the same scalars as JSON lines (full precision,
     for scripts), plus a tqdm bar over steps (or seconds, for a time budget)."""
@@ -22,6 +35,8 @@ class Monitor:
 
         # purge_step: a resumed run hides the events a killed run wrote after its checkpoint
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        if jsonl:
+            _drop_partial_line(Path(jsonl))
         self.jsonl = open(jsonl, "a", encoding="utf-8") if jsonl else None
         self.by_time = not max_steps and bool(max_time)
         total = int(max_time) if self.by_time else (max_steps or None)

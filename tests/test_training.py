@@ -34,7 +34,9 @@ def _overrides(data: Path, *extra: str) -> list[str]:
 
 
 def _log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    """The run's JSON-lines log; a line still being written (no newline yet) is left out."""
+    complete = (run / "train_log.jsonl").read_text().split("\n")[:-1]
+    return [json.loads(line) for line in complete]
 
 
 def _losses(records: list[dict]) -> dict[int, float]:
