@@ -176,6 +176,53 @@ def test_compiled_sequence_equals_pure_pytorch_path(hid, n_threads, batch, padde
 
 
 @needs_kernels
+@pytest.mark.parametrize("case", ["state_only_loss", "h0_grad_only", "frozen_weights",
+                                  "empty_time", "empty_batch"])
+def test_compiled_sequence_edge_cases_match_pure_pytorch_path(case, threads):
+    """Losses that ignore the outputs, gradients for h0 alone, frozen weights, T = 0 and B = 0,
+    on the panel path (hidden 128, 2 threads) where the machine has it."""
+    threads(2)
+    torch.manual_seed(4)
+    batch, time, inp, hid = (0 if case == "empty_batch" else 7), (0 if case == "empty_time" else 5), 70, 128
+    x = torch.randn(batch, time, inp, requires_grad=True)
+    mask = torch.ones(batch, time)
+    h0 = torch.randn(batch, hid, requires_grad=True)
+    c0 = torch.randn(batch, hid, requires_grad=case != "h0_grad_only")
+    fused, _ = _float_pair(inp, hid)
+    frozen = case == "frozen_weights"
+    weights = [p.detach().clone().requires_grad_(not (frozen and i < 2)) for i, p in
+               enumerate((fused.weight_ih, fused.weight_hh, fused.bias_ih, fused.bias_hh))]
+    wrt = [t for t in (x, h0, c0, *weights) if t.requires_grad]
+    results = []
+    for fn, extra in ((_Sequence, ()), (_CompiledSequence, (False,))):
+        out, h, c = fn.apply(x, mask, h0, c0, *weights, *extra)
+        loss = 2 * h.sum() + 3 * c.pow(2).sum()
+        if case != "state_only_loss":
+            loss = loss + (out * torch.linspace(-1, 1, hid)).sum()
+        grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+        results.append((out, h, c, *[torch.zeros(()) if g is None else g for g in grads]))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_subclass_with_its_own_initial_state_keeps_it():
+    """fused-lstm skips step 0's recurrent product only for its own (zero) initial state."""
+    class Primed(FusedLSTMCell):
+        def initial_state(self, batch_size, device, dtype):
+            return (torch.full((batch_size, self.hidden_size), 0.5, device=device, dtype=dtype),
+                    torch.full((batch_size, self.hidden_size), -0.25, device=device, dtype=dtype))
+
+    torch.manual_seed(5)
+    cell = Primed(6, 64)
+    x = torch.randn(3, 4, 6)
+    out, (h, c) = cell(x, torch.tensor([4, 4, 2]))
+    state = cell.initial_state(3, x.device, x.dtype)
+    ref_out, (ref_h, ref_c) = cell(x, torch.tensor([4, 4, 2]), state)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(h, ref_h)
+
+
+@needs_kernels
 def test_compiled_pointwise_equals_pure_pytorch_and_is_used():
     torch.manual_seed(3)
     gates = torch.randn(4, 4 * 16, requires_grad=True)

@@ -72,9 +72,12 @@ class _CompiledSequence(torch.autograd.Function):
         needs = ctx.needs_input_grad
         d_x, d_w_ih, d_w_hh, d_b, d_h0, d_c0 = kernels.ops().sequence_backward(
             d_out, mask, w_ih, w_hh, xh, acts, cs, tanh_cs, zeros if d_h is None else d_h,
-            zeros if d_c is None else d_c, needs[0], needs[2] or needs[3], gemm.available())
+            zeros if d_c is None else d_c, needs[0], needs[2] or needs[3], any(needs[4:6]),
+            gemm.available())
         return (d_x if needs[0] else None, None, d_h0 if needs[2] else None,
-                d_c0 if needs[3] else None, d_w_ih, d_w_hh, d_b, d_b, None)
+                d_c0 if needs[3] else None, d_w_ih if needs[4] else None,
+                d_w_hh if needs[5] else None, d_b if needs[6] else None,
+                d_b.clone() if needs[7] else None, None)  # two tensors: no aliased gradients
 
 
 class _Sequence(torch.autograd.Function):
@@ -85,7 +88,7 @@ class _Sequence(torch.autograd.Function):
                 w_hh: Tensor, b_ih: Tensor, b_hh: Tensor):
         batch, time, _ = x.shape
         hidden = w_hh.shape[1]
-        xw = torch.addmm(b_ih + b_hh, x.reshape(batch * time, -1), w_ih.t())
+        xw = torch.addmm(b_ih + b_hh, x.reshape(batch * time, x.shape[2]), w_ih.t())
         xw = xw.view(batch, time, 4 * hidden)  # [B, T, 4H]
         acts = x.new_empty(time, batch, 4 * hidden)
         hs = x.new_empty(time + 1, batch, hidden)  # h before each step (masked carry)
@@ -124,7 +127,7 @@ class _Sequence(torch.autograd.Function):
             d_h = torch.addmm(d_h * (1 - keep), d_gates, w_hh)
         flat = d_gates_all.view(batch * time, 4 * hidden)  # [B*T, 4H]
         d_x = (flat @ w_ih).view_as(x) if ctx.needs_input_grad[0] else None
-        d_w_ih = flat.t() @ x.reshape(batch * time, -1)  # [4H, I]
+        d_w_ih = flat.t() @ x.reshape(batch * time, x.shape[2])  # [4H, I]
         h_prev = hs[:time].transpose(0, 1).reshape(batch * time, hidden)  # [B*T, H]
         d_w_hh = flat.t() @ h_prev  # [4H, H]
         d_b = flat.sum(dim=0)
@@ -152,8 +155,10 @@ class FusedLSTMCell(LSTMCell):
                 ) -> tuple[Tensor, State]:
         batch, time = x.shape[0], x.shape[1]
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        h0_zero = state is None
-        if h0_zero:
+        # no state given: zeros (unless a subclass changed initial_state), so the compiled
+        # kernels may skip step 0's recurrent product
+        h0_zero = state is None and type(self).initial_state is LSTMCell.initial_state
+        if state is None:
             state = self.initial_state(batch, x.device, dtype)
         mask = length_mask(lengths, time, x.device).to(dtype)  # [B, T]
         x, h0, c0 = x.to(dtype), state[0].to(dtype), state[1].to(dtype)

@@ -53,7 +53,8 @@ using at::Tensor;
   q = std::fma(q, r, 1.6666665459e-1f);
   q = std::fma(q, r, 5.0000001201e-1f);
   const float e = std::fma(q * r, r, r) + 1.f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  // n is in [-126, 127] (NaN: any finite value will do, e is NaN already)
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n == n ? n : 0.f) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, 4);
   return e * scale;
@@ -92,7 +93,7 @@ Tensor linear(const Tensor& a, const Tensor& w_in, const std::optional<Tensor>& 
 // w [N, K] in oneDNN's blocked layout for products with `rows`-row inputs: saves 10-17% per
 // product, worth it when the same weight serves every time step. Identity without oneDNN.
 Tensor pack(const Tensor& w, int64_t rows, bool onednn) {
-  if (!onednn || rows == 0 || w.numel() == 0) return w;
+  if (!onednn || rows == 0 || w.numel() == 0) return w.contiguous();
   static const c10::OperatorHandle op =
       c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
   torch::jit::Stack stack{w.contiguous(), c10::IValue(rows)};
@@ -560,7 +561,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
 
 // Backward of sequence_forward. d_out [B, T, H] (rows of H contiguous, other strides free,
 // e.g. an expanded gradient), d_h, d_c [B, H] (gradients of the final state) -> the gradients
-// of x [B, T, I] (when `input_grad`, else empty), w_ih, w_hh, the bias, h0 and c0 (these
+// of x [B, T, I] (when `input_grad`, else empty), w_ih, w_hh (when `weight_grad`, else
+// empty), the bias, h0 and c0 (these
 // two only when `state_grad`; else the last recurrent GEMM is skipped and d_h0 is incomplete).
 // d_gates [B, T, 4H] feed each next recurrent GEMM and, at the end, the GEMMs for d_x
 // (d_gates @ w_ih) and both weight gradients (d_gates^T @ xh); the bias gradient is summed on
@@ -568,18 +570,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
     const Tensor& d_out_in, const Tensor& mask, const Tensor& w_ih, const Tensor& w_hh,
     const Tensor& xh, const Tensor& acts, const Tensor& cs, const Tensor& tcs,
-    const Tensor& d_h_in, const Tensor& d_c_in, bool input_grad, bool state_grad, bool onednn) {
+    const Tensor& d_h_in, const Tensor& d_c_in, bool input_grad, bool state_grad,
+    bool weight_grad, bool onednn) {
   Tensor d_out = d_out_in.stride(2) == 1 ? d_out_in : d_out_in.contiguous();
   for (auto& [t, n] : {std::pair<const Tensor&, const char*>{mask, "mask"}, {w_ih, "w_ih"},
                        {w_hh, "w_hh"}, {xh, "xh"}, {acts, "acts"}, {cs, "cs"},
                        {tcs, "tcs"}})
     check(t, n);
+  TORCH_CHECK(acts.dim() == 3 && w_hh.dim() == 2 && w_ih.dim() == 2,
+              "s2s_fused: sequence_backward needs acts [T, B, 4H] and 2-d weights");
   const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1), I = w_ih.size(1);
   const int64_t TB = T * B;
   TORCH_CHECK(d_out.sizes() == at::IntArrayRef({B, T, H}) && d_out.scalar_type() == at::kFloat &&
                   d_h_in.sizes() == at::IntArrayRef({B, H}) &&
                   d_c_in.sizes() == at::IntArrayRef({B, H}) &&
-                  xh.sizes() == at::IntArrayRef({B, T, I + H}),
+                  d_h_in.scalar_type() == at::kFloat && d_c_in.scalar_type() == at::kFloat &&
+                  xh.sizes() == at::IntArrayRef({B, T, I + H}) &&
+                  acts.sizes() == at::IntArrayRef({T, B, 4 * H}) &&
+                  cs.sizes() == at::IntArrayRef({T + 1, B, H}) &&
+                  tcs.sizes() == at::IntArrayRef({T, B, H}) &&
+                  mask.sizes() == at::IntArrayRef({B, T}) &&
+                  w_ih.size(0) == 4 * H && w_hh.size(0) == 4 * H,
               "s2s_fused: sequence_backward got tensors of the wrong shape or dtype");
   const int64_t so_b = d_out.stride(0), so_t = d_out.stride(1);
   const auto opts = acts.options();
@@ -690,19 +701,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
   }
   team.rethrow();
   const Tensor dg2 = d_gates.reshape({TB, 4 * H}), xh2 = xh.view({TB, I + H});  // dg2: a view
-  Tensor d_x = at::empty({0}, opts), d_w_ih = at::empty({4 * H, I}, opts),
-         d_w_hh = at::empty({4 * H, H}, opts);
+  Tensor d_x = at::empty({0}, opts), d_w_ih = at::empty({weight_grad ? 4 * H : 0, I}, opts),
+         d_w_hh = at::empty({weight_grad ? 4 * H : 0, H}, opts);
   if (kPanels) {  // the panel kernel: ~5-10% faster than oneDNN here, and reads xh in place
     if (input_grad) {
       d_x = at::empty({TB, I}, opts);
       mm_panels(dg2, false, w_ih, d_x);  // d_gates @ w_ih
     }
-    mm_panels(dg2, true, xh2.narrow(1, 0, I), d_w_ih);  // d_gates^T @ [x]
-    mm_panels(dg2, true, xh2.narrow(1, I, H), d_w_hh);  // d_gates^T @ [h_prev]
+    if (weight_grad) {
+      mm_panels(dg2, true, xh2.narrow(1, 0, I), d_w_ih);  // d_gates^T @ [x]
+      mm_panels(dg2, true, xh2.narrow(1, I, H), d_w_hh);  // d_gates^T @ [h_prev]
+    }
   } else {
     if (input_grad) d_x = linear(dg2, w_ih.t(), std::nullopt, onednn);
-    d_w_ih.copy_(at::mm(dg2.t(), xh2.narrow(1, 0, I)));
-    d_w_hh.copy_(at::mm(dg2.t(), xh2.narrow(1, I, H)));
+    if (weight_grad) {
+      d_w_ih.copy_(at::mm(dg2.t(), xh2.narrow(1, 0, I)));
+      d_w_hh.copy_(at::mm(dg2.t(), xh2.narrow(1, I, H)));
+    }
   }
   if (input_grad) d_x = d_x.view({B, T, I});
   return {d_x, d_w_ih, d_w_hh, d_b, d_h, d_c};
@@ -719,7 +734,8 @@ TORCH_LIBRARY(s2s_fused, m) {
         "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("sequence_backward(Tensor d_out, Tensor mask, Tensor w_ih, Tensor w_hh, Tensor xh, "
         "Tensor acts, Tensor cs, Tensor tcs, Tensor d_h, Tensor d_c, bool input_grad, "
-        "bool state_grad, bool onednn) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "bool state_grad, bool weight_grad, bool onednn) -> "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(s2s_fused, CPU, m) {
