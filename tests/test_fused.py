@@ -142,13 +142,16 @@ def threads():
 
 @needs_kernels
 @pytest.mark.parametrize("hid, n_threads, batch", [
-    (16, 2, 5), (160, 2, 5), (200, 3, 5),  # oneDNN products: 1, 2 and 3 threads
-    (64, 1, 5), (128, 2, 13), (256, 2, 20),  # register-tiled panels (where AVX-512 exists)
+    (16, 2, 5), (160, 2, 5), (200, 3, 5),  # partial blocks of units; 1, 2 and 3 threads
+    (64, 1, 5), (128, 2, 13), (256, 2, 20),  # whole blocks
 ])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("initial", ["given", "zero"])
+@pytest.mark.parametrize("products", ["panels", "onednn"])
 def test_compiled_sequence_equals_pure_pytorch_path(hid, n_threads, batch, padded, initial,
-                                                    threads):
+                                                    products, threads, monkeypatch):
+    """Both product paths (register-tiled panels where the CPU has AVX-512, and oneDNN)."""
+    monkeypatch.setenv("S2S_FUSED_PANELS", "1" if products == "panels" else "0")
     threads(n_threads)
     torch.manual_seed(2)
     time, inp = 7, 70  # 70: products in 64-column panels plus a remainder

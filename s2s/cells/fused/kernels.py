@@ -113,6 +113,12 @@ def ops():
     return _state["ops"]
 
 
+def panels() -> bool:
+    """Whether the sequence kernels may use their register-tiled products (AVX-512 CPUs; the
+    default) or must use oneDNN's: `S2S_FUSED_PANELS=0` (for comparisons and tests)."""
+    return os.environ.get("S2S_FUSED_PANELS", "1") != "0"
+
+
 def usable(*tensors: torch.Tensor, bf16: bool = False) -> bool:
     """True when the kernels handle these tensors (float32, or also bfloat16 where `bf16`, on
     CPU) and are available."""

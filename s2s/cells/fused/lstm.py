@@ -57,7 +57,7 @@ class _CompiledSequence(torch.autograd.Function):
         w_ih, w_hh, mask = w_ih.contiguous(), w_hh.contiguous(), mask.contiguous()
         out, h, c, xh, acts, cs, tanh_cs = kernels.ops().sequence_forward(
             x.contiguous(), mask, h0.contiguous(), c0.contiguous(), w_ih, w_hh,
-            (b_ih + b_hh).contiguous(), h0_zero, gemm.available())
+            (b_ih + b_hh).contiguous(), h0_zero, kernels.panels(), gemm.available())
         ctx.save_for_backward(mask, w_ih, w_hh, xh, acts, cs, tanh_cs)
         return out, h, c
 
@@ -73,7 +73,7 @@ class _CompiledSequence(torch.autograd.Function):
         d_x, d_w_ih, d_w_hh, d_b, d_h0, d_c0 = kernels.ops().sequence_backward(
             d_out, mask, w_ih, w_hh, xh, acts, cs, tanh_cs, zeros if d_h is None else d_h,
             zeros if d_c is None else d_c, needs[0], needs[2] or needs[3], any(needs[4:6]),
-            gemm.available())
+            kernels.panels(), gemm.available())
         return (d_x if needs[0] else None, None, d_h0 if needs[2] else None,
                 d_c0 if needs[3] else None, d_w_ih if needs[4] else None,
                 d_w_hh if needs[5] else None, d_b if needs[6] else None,

@@ -7,8 +7,9 @@
 //   by a register-tiled AVX-512 kernel whose epilogue is the step's pointwise work, then one
 //   barrier. Backward likewise (d h_prev = d_gates @ w_hh with the pointwise backward of the
 //   step before as the epilogue), then d_x and both weight gradients as three large products
-//   by the same kernel. Without AVX-512, or when the hidden units do not split into blocks of
-//   64 per thread, the products go through oneDNN (torch's mkldnn ops) instead.
+//   by the same kernel (units in blocks of 16 forward and 64 backward; a partial last block
+//   multiplies zero weights for its missing units). Without AVX-512 (or `panels` false), the
+//   products go through oneDNN (torch's mkldnn ops) instead.
 //
 // Layout: gates i, f, g, o (torch.nn.LSTM's); rows are batch entries; B batch, T time,
 // I input, H hidden. Registered as torch.ops.s2s_fused.*; Python owns autograd.
@@ -383,10 +384,8 @@ void panel_rows(const float*, int64_t, int64_t, const float*, int64_t, int64_t, 
                 F&&) {}
 #endif
 
-// Whether the sequence kernels multiply with their own register-tiled panels (AVX-512, and
-// every thread's hidden units come in blocks of 64), which lets each step's LSTM pointwise work
-// run on the product while it is still in the cache; else through oneDNN.
-bool use_panels(int64_t H, int64_t threads) { return kPanels && H % (64 * threads) == 0; }
+// Blocks of n units, the last one possibly partial (its panel columns are zero).
+inline int64_t blocks(int64_t units, int64_t n) { return (units + n - 1) / n; }
 
 // c [M, N] = a [M, K] @ b [K, N] (a^T @ b with a_t: a is [K, M]), each with rows of unit
 // stride, through the panel kernel (b packed into panels first; the rows of c split across
@@ -446,10 +445,11 @@ Tensor gate_rows(const Tensor& w, int64_t H, int64_t u0, int64_t n) {
 // xh[:, t] = [x_t, h_{t-1}] is step t's GEMM input, so the input and recurrent projections are
 // one product per step (K = I + H, the bias added by the GEMM), and in backward both weight
 // gradients are one product over xh. When h0_zero (no initial state given) the first step
-// multiplies x_0 alone.
+// multiplies x_0 alone. `panels`: the register-tiled kernel where the CPU has AVX-512, else
+// (and when false) oneDNN products.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
     const Tensor& x, const Tensor& mask, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
-    const Tensor& w_hh, const Tensor& bias, bool h0_zero, bool onednn) {
+    const Tensor& w_hh, const Tensor& bias, bool h0_zero, bool allow_panels, bool onednn) {
   for (auto& [t, n] : {std::pair<const Tensor&, const char*>{x, "x"}, {mask, "mask"},
                        {h0, "h0"}, {c0, "c0"}, {w_ih, "w_ih"}, {w_hh, "w_hh"}, {bias, "bias"}})
     check(t, n);
@@ -483,7 +483,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
     at::ThreadLocalStateGuard tls_guard(tls);
     const int64_t n = omp_get_num_threads(), p = omp_get_thread_num();
     const int64_t u0 = H * p / n, U = H * (p + 1) / n - u0;  // this thread's hidden units
-    const bool panels = use_panels(H, n);
+    const bool panels = kPanels && allow_panels;
     // the pointwise work of step t for row b, units [j, j + nu), from the gates' pre-activations
     // g (gate stride sg): writes acts, c, tanh c, the output and the next step's h
     auto finish = [&](int64_t t, int64_t b, int64_t j, int64_t nu, const float* g, int64_t sg) {
@@ -509,18 +509,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
     Tensor w, w_x, bias_u;
     team.run([&] {
       if (panels) {
-        w = at::empty({U / 16, W, 64}, w_ih.options());
-        bias_u = at::empty({U / 16, 64}, w_ih.options());
+        w = at::zeros({blocks(U, 16), W, 64}, w_ih.options());
+        bias_u = at::zeros({blocks(U, 16), 64}, w_ih.options());
         float *pw = w.data_ptr<float>(), *pb = bias_u.data_ptr<float>();
         const float *pwi = w_ih.data_ptr<float>(), *pwh = w_hh.data_ptr<float>(),
                     *pbias = bias.data_ptr<float>();
-        for (int64_t cb = 0; cb < U / 16; ++cb)
+        for (int64_t cb = 0; cb < blocks(U, 16); ++cb)
           for (int64_t q = 0; q < 4; ++q) {
-            const int64_t row = q * H + u0 + cb * 16;  // of w_ih / w_hh / bias
+            const int64_t row = q * H + u0 + cb * 16, nu = std::min<int64_t>(16, U - cb * 16);
             float* panel = pw + cb * W * 64 + q * 16;
-            transpose(pwi + row * I, I, panel, 64, 16, I);
-            transpose(pwh + row * H, H, panel + I * 64, 64, 16, H);
-            std::copy(pbias + row, pbias + row + 16, pb + cb * 64 + q * 16);
+            transpose(pwi + row * I, I, panel, 64, nu, I);
+            transpose(pwh + row * H, H, panel + I * 64, 64, nu, H);
+            std::copy(pbias + row, pbias + row + nu, pb + cb * 64 + q * 16);
           }
       } else {
         Tensor rows = at::empty({4 * U, W}, w_ih.options());
@@ -539,12 +539,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
         const bool x_only = t == 0 && h0_zero;
         if (panels) {
           const float *pw = w.data_ptr<float>(), *pb = bias_u.data_ptr<float>();
-          for (int64_t cb = 0; cb < U / 16; ++cb)
+          for (int64_t cb = 0; cb < blocks(U, 16); ++cb) {
+            const int64_t nu = std::min<int64_t>(16, U - cb * 16);
             panel_rows(pxh + t * W, T * W, B, pw + cb * W * 64, 64, x_only ? I : W, pb + cb * 64,
                        [&](int64_t r0, int64_t R, const float* C) {
                          for (int64_t r = 0; r < R; ++r)
-                           finish(t, r0 + r, u0 + cb * 16, 16, C + r * 64, 16);
+                           finish(t, r0 + r, u0 + cb * 16, nu, C + r * 64, 16);
                        });
+          }
         } else {
           Tensor gates = x_only ? linear(xh.select(1, 0).narrow(1, 0, I), w_x, bias_u, onednn)
                                 : linear(xh.select(1, t), w, bias_u, onednn);
@@ -571,7 +573,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
     const Tensor& d_out_in, const Tensor& mask, const Tensor& w_ih, const Tensor& w_hh,
     const Tensor& xh, const Tensor& acts, const Tensor& cs, const Tensor& tcs,
     const Tensor& d_h_in, const Tensor& d_c_in, bool input_grad, bool state_grad,
-    bool weight_grad, bool onednn) {
+    bool weight_grad, bool allow_panels, bool onednn) {
   Tensor d_out = d_out_in.stride(2) == 1 ? d_out_in : d_out_in.contiguous();
   for (auto& [t, n] : {std::pair<const Tensor&, const char*>{mask, "mask"}, {w_ih, "w_ih"},
                        {w_hh, "w_hh"}, {xh, "xh"}, {acts, "acts"}, {cs, "cs"},
@@ -612,7 +614,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
     at::ThreadLocalStateGuard tls_guard(tls);
     const int64_t n = omp_get_num_threads(), p = omp_get_thread_num();
     const int64_t u0 = H * p / n, U = H * (p + 1) / n - u0;  // this thread's hidden units
-    const bool panels = use_panels(H, n);
+    const bool panels = kPanels && allow_panels;
     // step t for row b, units [j, j + nu): d_h += ghh (d h_prev from step t + 1's d_gates, if
     // given), then through the step: d_gates (also summed into d_b) and d c_prev (t = -1: only
     // the addition, d_h0)
@@ -648,13 +650,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
     Tensor w, ghh;
     team.run([&] {
       if (panels) {
-        w = at::empty({U / 64, 4 * H, 64}, opts);
+        w = at::zeros({blocks(U, 64), 4 * H, 64}, opts);
         float* pw = w.data_ptr<float>();
         const float* pwh = w_hh.data_ptr<float>();
-        for (int64_t cb = 0; cb < U / 64; ++cb)
+        for (int64_t cb = 0; cb < blocks(U, 64); ++cb) {
+          const int64_t nu = std::min<int64_t>(64, U - cb * 64);
           for (int64_t k = 0; k < 4 * H; ++k)
-            std::copy(pwh + k * H + u0 + cb * 64, pwh + k * H + u0 + cb * 64 + 64,
+            std::copy(pwh + k * H + u0 + cb * 64, pwh + k * H + u0 + cb * 64 + nu,
                       pw + (cb * 4 * H + k) * 64);
+        }
       } else {
         w = pack(w_hh.t().narrow(0, u0, U), B, onednn);  // [U, 4H]
       }
@@ -670,13 +674,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
       for (int64_t t = T - 2; t >= (state_grad ? -1 : 0); --t) {
         team.run([&] {
           const float* pw = w.data_ptr<float>();
-          for (int64_t cb = 0; cb < U / 64; ++cb)
+          for (int64_t cb = 0; cb < blocks(U, 64); ++cb) {
+            const int64_t nu = std::min<int64_t>(64, U - cb * 64);
             panel_rows(pdg + (t + 1) * G, T * G, B, pw + cb * 4 * H * 64, 64, 4 * H,
                        nullptr,
                        [&](int64_t r0, int64_t R, const float* C) {
                          for (int64_t r = 0; r < R; ++r)
-                           back(t, r0 + r, u0 + cb * 64, 64, C + r * 64);
+                           back(t, r0 + r, u0 + cb * 64, nu, C + r * 64);
                        });
+          }
         });
 #pragma omp barrier
       }
@@ -703,7 +709,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
   const Tensor dg2 = d_gates.reshape({TB, 4 * H}), xh2 = xh.view({TB, I + H});  // dg2: a view
   Tensor d_x = at::empty({0}, opts), d_w_ih = at::empty({weight_grad ? 4 * H : 0, I}, opts),
          d_w_hh = at::empty({weight_grad ? 4 * H : 0, H}, opts);
-  if (kPanels) {  // the panel kernel: ~5-10% faster than oneDNN here, and reads xh in place
+  if (kPanels && allow_panels) {  // the panel kernel: ~5-10% faster than oneDNN here
     if (input_grad) {
       d_x = at::empty({TB, I}, opts);
       mm_panels(dg2, false, w_ih, d_x);  // d_gates @ w_ih
@@ -730,11 +736,11 @@ TORCH_LIBRARY(s2s_fused, m) {
   m.def("pointwise_backward(Tensor act, Tensor c_prev, Tensor tanh_c, Tensor dh, Tensor dc)"
         " -> (Tensor, Tensor)");
   m.def("sequence_forward(Tensor x, Tensor mask, Tensor h0, Tensor c0, Tensor w_ih, "
-        "Tensor w_hh, Tensor bias, bool h0_zero, bool onednn) -> "
+        "Tensor w_hh, Tensor bias, bool h0_zero, bool panels, bool onednn) -> "
         "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("sequence_backward(Tensor d_out, Tensor mask, Tensor w_ih, Tensor w_hh, Tensor xh, "
         "Tensor acts, Tensor cs, Tensor tcs, Tensor d_h, Tensor d_c, bool input_grad, "
-        "bool state_grad, bool weight_grad, bool onednn) -> "
+        "bool state_grad, bool weight_grad, bool panels, bool onednn) -> "
         "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
