@@ -509,8 +509,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
     Tensor w, w_x, bias_u;
     team.run([&] {
       if (panels) {
-        w = at::zeros({blocks(U, 16), W, 64}, w_ih.options());
+        w = at::empty({blocks(U, 16), W, 64}, w_ih.options());
         bias_u = at::zeros({blocks(U, 16), 64}, w_ih.options());
+        if (U % 16) w[blocks(U, 16) - 1].zero_();  // a partial block: zero weights for the rest
         float *pw = w.data_ptr<float>(), *pb = bias_u.data_ptr<float>();
         const float *pwi = w_ih.data_ptr<float>(), *pwh = w_hh.data_ptr<float>(),
                     *pbias = bias.data_ptr<float>();
@@ -650,7 +651,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
     Tensor w, ghh;
     team.run([&] {
       if (panels) {
-        w = at::zeros({blocks(U, 64), 4 * H, 64}, opts);
+        w = at::empty({blocks(U, 64), 4 * H, 64}, opts);
+        if (U % 64) w[blocks(U, 64) - 1].zero_();  // a partial block: zero weights for the rest
         float* pw = w.data_ptr<float>();
         const float* pwh = w_hh.data_ptr<float>();
         for (int64_t cb = 0; cb < blocks(U, 64); ++cb) {
