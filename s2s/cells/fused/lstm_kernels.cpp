@@ -105,10 +105,10 @@ Tensor pack(const Tensor& w, int64_t rows, bool onednn) {
 // One row's n hidden units: pre-activations gx (gates i, f, g, o at stride sx) plus, when kSum,
 // gh (gates at stride sh); c_prev [n] -> act (gates at stride sa), c, tanh_c, h [n].
 template <bool kSum>
-inline void row_forward(const float* __restrict gx, int64_t sx, const float* __restrict gh,
-                        int64_t sh, const float* __restrict cp, float* __restrict act,
-                        int64_t sa, float* __restrict c, float* __restrict tc,
-                        float* __restrict h, int64_t n) {
+[[gnu::always_inline]] inline void row_forward(
+    const float* __restrict gx, int64_t sx, const float* __restrict gh, int64_t sh,
+    const float* __restrict cp, float* __restrict act, int64_t sa, float* __restrict c,
+    float* __restrict tc, float* __restrict h, int64_t n) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
     float pi = gx[j], pf = gx[sx + j], pg = gx[2 * sx + j], po = gx[3 * sx + j];
@@ -125,10 +125,10 @@ inline void row_forward(const float* __restrict gx, int64_t sx, const float* __r
 
 // One row's n hidden units of backward (act and dg: gates at strides sa and sg):
 // d c_prev = dcc * f; d pre-activations into dg.
-inline void row_backward(const float* __restrict act, int64_t sa, const float* __restrict cp,
-                         const float* __restrict tc, const float* __restrict dh,
-                         const float* dc, float* __restrict dg, int64_t sg, float* dcp,
-                         int64_t n) {
+[[gnu::always_inline]] inline void row_backward(
+    const float* __restrict act, int64_t sa, const float* __restrict cp,
+    const float* __restrict tc, const float* __restrict dh, const float* dc,
+    float* __restrict dg, int64_t sg, float* dcp, int64_t n) {
   // dc and dcp may be the same buffer: each j reads dc[j] before it writes dcp[j]
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
@@ -162,7 +162,8 @@ struct Rows {
   Tensor t;
   int64_t n;
   bool bf16;
-  Rows(const Tensor& tensor) : t(tensor), n(tensor.size(1)), bf16(tensor.scalar_type() == at::kBFloat16) {}
+  Rows(const Tensor& tensor)
+      : t(tensor), n(tensor.size(1)), bf16(tensor.scalar_type() == at::kBFloat16) {}
   const float* load(int64_t b, std::vector<float>& buf) const {
     if (!bf16) return t.data_ptr<float>() + b * n;
     const uint16_t* src = reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()) + b * n;
@@ -314,7 +315,8 @@ void transpose(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int
         const float* row = src + (b0 + b) * ld_src + j0;
         for (int64_t j = 0; j < nj; ++j) tile[j][b] = row[j];
       }
-      for (int64_t j = 0; j < nj; ++j) std::copy(tile[j], tile[j] + nb, dst + (j0 + j) * ld_dst + b0);
+      for (int64_t j = 0; j < nj; ++j)
+        std::copy(tile[j], tile[j] + nb, dst + (j0 + j) * ld_dst + b0);
     }
   }
 }
@@ -544,8 +546,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
             const int64_t nu = std::min<int64_t>(16, U - cb * 16);
             panel_rows(pxh + t * W, T * W, B, pw + cb * W * 64, 64, x_only ? I : W, pb + cb * 64,
                        [&](int64_t r0, int64_t R, const float* C) {
-                         for (int64_t r = 0; r < R; ++r)
-                           finish(t, r0 + r, u0 + cb * 16, nu, C + r * 64, 16);
+                         for (int64_t r = 0; r < R; ++r) {
+                           if (nu == 16)  // a whole block: the constant lets the loops unroll
+                             finish(t, r0 + r, u0 + cb * 16, 16, C + r * 64, 16);
+                           else
+                             finish(t, r0 + r, u0 + cb * 16, nu, C + r * 64, 16);
+                         }
                        });
           }
         } else {
@@ -606,7 +612,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
   const float *pm = mask.data_ptr<float>(), *pdo = d_out.data_ptr<float>(),
               *pacts = acts.data_ptr<float>(), *pcs = cs.data_ptr<float>(),
               *ptcs = tcs.data_ptr<float>();
-  float *pdg = d_gates.data_ptr<float>(), *pdb = d_b.data_ptr<float>(), *pdh = d_h.data_ptr<float>(), *pdc = d_c.data_ptr<float>();
+  float *pdg = d_gates.data_ptr<float>(), *pdb = d_b.data_ptr<float>(),
+        *pdh = d_h.data_ptr<float>(), *pdc = d_c.data_ptr<float>();
   const int64_t threads = team_size(H);
   const at::ThreadLocalState tls;
   Team team;
@@ -681,8 +688,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
             panel_rows(pdg + (t + 1) * G, T * G, B, pw + cb * 4 * H * 64, 64, 4 * H,
                        nullptr,
                        [&](int64_t r0, int64_t R, const float* C) {
-                         for (int64_t r = 0; r < R; ++r)
-                           back(t, r0 + r, u0 + cb * 64, nu, C + r * 64);
+                         for (int64_t r = 0; r < R; ++r) {
+                           if (nu == 64)  // a whole block: the constant lets the loops unroll
+                             back(t, r0 + r, u0 + cb * 64, 64, C + r * 64);
+                           else
+                             back(t, r0 + r, u0 + cb * 64, nu, C + r * 64);
+                         }
                        });
           }
         });
