@@ -1,6 +1,7 @@
 """Micro-benchmarks of a cell against torch's own LSTM, the two sides interleaved in one run.
 
     python tools/bench_cells.py [--cell fused-lstm] [--threads 2] [--repeats 30]
+        [--case all|stepping|sequence] [--sequence-hidden 256]
 
 1. decoder-style stepping: B=64, input 768, hidden 512, 20 steps of `step`, forward+backward,
    vs torch.nn.LSTMCell looped over the same steps; float32 and bf16 autocast.
@@ -36,6 +37,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--system-malloc", action="store_true")
+    parser.add_argument("--case", choices=["all", "stepping", "sequence"], default="all")
+    parser.add_argument("--sequence-hidden", type=int, default=256,
+                        help="hidden size of the sequence case (256 is the issue's case)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not args.system_malloc:
@@ -69,7 +73,7 @@ def main() -> None:
     h0, c0 = torch.zeros(batch, hid), torch.zeros(batch, hid)
     ours_step = lambda xt, s: ours.step(xt, s)[1]  # noqa: E731
     ref_step = lambda xt, s: ref(xt, s)  # noqa: E731
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16") if args.case != "sequence" else ():
         a = stepping(ours_step, list(ours.parameters()), x, h0, c0, deferred_weight_grads)
         b = stepping(ref_step, list(ref.parameters()), x, h0, c0)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -84,7 +88,9 @@ def main() -> None:
                           "cell": args.cell, "cell_ms": round(ma, 2), "torch_LSTMCell_ms": round(mb, 2),
                           "speedup": round(mb / ma, 3), "threads": args.threads}))
 
-    batch, steps, inp, hid = 64, 20, 256, 256
+    if args.case == "stepping":
+        return
+    batch, steps, inp, hid = 64, 20, 256, args.sequence_hidden
     ours = cls(inp, hid)
     ref = torch.nn.LSTM(inp, hid, batch_first=True)
     ours.load_state_dict({k.removesuffix("_l0"): v for k, v in ref.state_dict().items()})
@@ -112,7 +118,7 @@ def main() -> None:
         ta += _time(seq_ours, 1)
         tb += _time(seq_ref, 1)
     ma, mb = statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
-    print(json.dumps({"case": "sequence_B64_T20_I256_H256_fwd_bwd", "precision": "fp32",
+    print(json.dumps({"case": f"sequence_B64_T20_I256_H{hid}_fwd_bwd", "precision": "fp32",
                       "cell": args.cell, "cell_ms": round(ma, 2), "torch_LSTM_ms": round(mb, 2),
                       "speedup": round(mb / ma, 3), "threads": args.threads}))
 
