@@ -434,6 +434,24 @@ int64_t team_size(int64_t H) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H / 64));
 }
 
+// Runs body(u0, U, team) on a team of threads that split H hidden units: each thread gets
+// units [u0, u0 + U) and torch's thread-local state; the body may use `#pragma omp barrier`
+// (every thread must reach each one) and runs its fallible parts through team.run, whose
+// first error is rethrown here, after the team.
+template <class F>
+void on_team(int64_t H, F&& body) {
+  const int64_t threads = team_size(H);
+  const at::ThreadLocalState tls;
+  Team team;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    at::ThreadLocalStateGuard tls_guard(tls);
+    const int64_t n = omp_get_num_threads(), p = omp_get_thread_num();
+    body(H * p / n, H * (p + 1) / n - H * p / n, team);
+  }
+  team.rethrow();
+}
+
 // rows of w [4H, K] for gates i, f, g, o of units [u0, u0 + n): [4n, K]
 Tensor gate_rows(const Tensor& w, int64_t H, int64_t u0, int64_t n) {
   return at::cat({w.narrow(0, u0, n), w.narrow(0, H + u0, n), w.narrow(0, 2 * H + u0, n),
@@ -477,14 +495,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
   float *pxh = xh.data_ptr<float>(),
         *pout = out.data_ptr<float>(), *phl = h_last.data_ptr<float>(),
         *pacts = acts.data_ptr<float>(), *pcs = cs.data_ptr<float>(), *ptcs = tcs.data_ptr<float>();
-  const int64_t threads = team_size(H);
-  const at::ThreadLocalState tls;
-  Team team;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    at::ThreadLocalStateGuard tls_guard(tls);
-    const int64_t n = omp_get_num_threads(), p = omp_get_thread_num();
-    const int64_t u0 = H * p / n, U = H * (p + 1) / n - u0;  // this thread's hidden units
+  on_team(H, [&](int64_t u0, int64_t U, Team& team) {  // this thread's hidden units
     const bool panels = kPanels && allow_panels;
     // the pointwise work of step t for row b, units [j, j + nu), from the gates' pre-activations
     // g (gate stride sg): writes acts, c, tanh c, the output and the next step's h
@@ -563,8 +574,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
       });
 #pragma omp barrier
     }
-  }
-  team.rethrow();
+  });
   return {out, h_last, cs[T].clone(), xh, acts, cs, tcs};
 }
 
@@ -614,14 +624,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
               *ptcs = tcs.data_ptr<float>();
   float *pdg = d_gates.data_ptr<float>(), *pdb = d_b.data_ptr<float>(),
         *pdh = d_h.data_ptr<float>(), *pdc = d_c.data_ptr<float>();
-  const int64_t threads = team_size(H);
-  const at::ThreadLocalState tls;
-  Team team;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    at::ThreadLocalStateGuard tls_guard(tls);
-    const int64_t n = omp_get_num_threads(), p = omp_get_thread_num();
-    const int64_t u0 = H * p / n, U = H * (p + 1) / n - u0;  // this thread's hidden units
+  on_team(H, [&](int64_t u0, int64_t U, Team& team) {  // this thread's hidden units
     const bool panels = kPanels && allow_panels;
     // step t for row b, units [j, j + nu): d_h += ghh (d h_prev from step t + 1's d_gates, if
     // given), then through the step: d_gates (also summed into d_b) and d c_prev (t = -1: only
@@ -717,8 +720,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
           for (int64_t b = 0; b < B; ++b) back(-1, b, u0, U, ghh.data_ptr<float>() + b * U);
       });
     }
-  }
-  team.rethrow();
+  });
   const Tensor dg2 = d_gates.reshape({TB, 4 * H}), xh2 = xh.view({TB, I + H});  // dg2: a view
   Tensor d_x = at::empty({0}, opts), d_w_ih = at::empty({weight_grad ? 4 * H : 0, I}, opts),
          d_w_hh = at::empty({weight_grad ? 4 * H : 0, H}, opts);
