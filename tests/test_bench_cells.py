@@ -1,4 +1,5 @@
-"""tools/bench_cells.py runs and reports both sides of its cases (tiny sizes; no timing asserted)."""
+"""tools/bench_cells.py runs and reports both sides of a case (tiny sizes; no timing
+asserted)."""
 from __future__ import annotations
 
 import json

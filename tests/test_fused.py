@@ -186,7 +186,9 @@ def test_compiled_sequence_edge_cases_match_pure_pytorch_path(case, threads):
     on the panel path (hidden 128, 2 threads) where the machine has it."""
     threads(2)
     torch.manual_seed(4)
-    batch, time, inp, hid = (0 if case == "empty_batch" else 7), (0 if case == "empty_time" else 5), 70, 128
+    batch = 0 if case == "empty_batch" else 7
+    time = 0 if case == "empty_time" else 5
+    inp, hid = 70, 128
     x = torch.randn(batch, time, inp, requires_grad=True)
     mask = torch.ones(batch, time)
     h0 = torch.randn(batch, hid, requires_grad=True)

@@ -28,7 +28,9 @@ import torch
 log = logging.getLogger("s2s")
 
 _SOURCE = Path(__file__).with_name("lstm_kernels.cpp")
-_FLAGS = ["-O3", "-ffast-math", "-fno-finite-math-only", "-march=native", "-fopenmp"]  # -fopenmp: at::parallel_for
+# -fno-finite-math-only: NaN checks stay (a NaN pre-activation gives NaN, as in torch);
+# -fopenmp: the thread team and at::parallel_for
+_FLAGS = ["-O3", "-ffast-math", "-fno-finite-math-only", "-march=native", "-fopenmp"]
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
