@@ -102,19 +102,14 @@ Tensor pack(const Tensor& w, int64_t rows, bool onednn) {
   return stack[0].toTensor();
 }
 
-// One row's n hidden units: pre-activations gx (gates i, f, g, o at stride sx) plus, when kSum,
-// gh (gates at stride sh); c_prev [n] -> act (gates at stride sa), c, tanh_c, h [n].
-template <bool kSum>
+// One row's n hidden units: pre-activations gx (gates i, f, g, o at stride sx), c_prev [n]
+// -> act (gates at stride sa), c, tanh_c, h [n].
 [[gnu::always_inline]] inline void row_forward(
-    const float* __restrict gx, int64_t sx, const float* __restrict gh, int64_t sh,
-    const float* __restrict cp, float* __restrict act, int64_t sa, float* __restrict c,
-    float* __restrict tc, float* __restrict h, int64_t n) {
+    const float* __restrict gx, int64_t sx, const float* __restrict cp, float* __restrict act,
+    int64_t sa, float* __restrict c, float* __restrict tc, float* __restrict h, int64_t n) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
-    float pi = gx[j], pf = gx[sx + j], pg = gx[2 * sx + j], po = gx[3 * sx + j];
-    if constexpr (kSum) {
-      pi += gh[j]; pf += gh[sh + j]; pg += gh[2 * sh + j]; po += gh[3 * sh + j];
-    }
+    const float pi = gx[j], pf = gx[sx + j], pg = gx[2 * sx + j], po = gx[3 * sx + j];
     float i = sigm(pi), f = sigm(pf), g = tanh_(pg), o = sigm(po);
     float cn = f * cp[j] + i * g;
     float t = tanh_(cn);
@@ -207,7 +202,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pointwise_forward(const Tensor& gates
     std::vector<float> bg, bcp, ba, bc, btc, bh;
     for (int64_t b = begin; b < end; ++b) {
       float *pa = ra.out(b, ba), *pc = rc.out(b, bc), *ptc = rtc.out(b, btc), *ph = rh.out(b, bh);
-      row_forward<false>(rg.load(b, bg), H, nullptr, 0, rcp.load(b, bcp), pa, H, pc, ptc, ph, H);
+      row_forward(rg.load(b, bg), H, rcp.load(b, bcp), pa, H, pc, ptc, ph, H);
       ra.store(b, ba), rc.store(b, bc), rtc.store(b, btc), rh.store(b, bh);
     }
   });
@@ -506,8 +501,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
       float* po = pout + bt * H + j;
       const float* hp = pxh + bt * W + I + j;                          // h_{t-1}
       float* hn = t + 1 < T ? pxh + (bt + 1) * W + I + j : phl + r;  // h_t
-      row_forward<false>(g, sg, nullptr, 0, cp, pacts + tb * 4 * H + j, H, cn,
-                         ptcs + t * B * H + r, po, nu);
+      row_forward(g, sg, cp, pacts + tb * 4 * H + j, H, cn, ptcs + t * B * H + r, po, nu);
       if (pm[bt] != 0.f) {
         std::copy(po, po + nu, hn);
       } else {  // padding: carry the state, output zero
@@ -537,11 +531,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
             std::copy(pbias + row, pbias + row + nu, pb + cb * 64 + q * 16);
           }
       } else {
-        Tensor rows = at::empty({4 * U, W}, w_ih.options());
-        for (int64_t q = 0; q < 4; ++q) {
-          rows.narrow(0, q * U, U).narrow(1, 0, I).copy_(w_ih.narrow(0, q * H + u0, U));
-          rows.narrow(0, q * U, U).narrow(1, I, H).copy_(w_hh.narrow(0, q * H + u0, U));
-        }
+        Tensor rows = at::cat({gate_rows(w_ih, H, u0, U), gate_rows(w_hh, H, u0, U)}, 1);
         w = pack(rows, B, onednn);
         bias_u = gate_rows(bias, H, u0, U);
         if (h0_zero) w_x = rows.narrow(1, 0, I).contiguous();
