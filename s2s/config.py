@@ -76,7 +76,8 @@ class TrainConfig:
     clip_norm: float = 5.0  # 0: no clipping
     label_smoothing: float = 0.0
     normalization: Literal["tokens", "sents"] = "tokens"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # auto: bf16 autocast where the hardware computes bf16 natively, else fp32 (s2s.precision)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     accum_steps: int = 1  # batches whose gradients are summed into one optimizer step
     schedule: Literal["constant", "plateau", "inverse_sqrt", "linear"] = "constant"
     warmup_steps: int = 0  # linear warm-up (constant, inverse_sqrt, linear schedules)

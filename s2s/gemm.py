@@ -1,28 +1,48 @@
-"""float32 matrix products through oneDNN on CPU.
+"""float32 matrix products through the faster of oneDNN and MKL on this CPU, and int8 products.
 
-torch's float32 `mm`/`addmm`/`F.linear` call MKL. On this project's benchmark machine (AMD EPYC)
-oneDNN's kernels, which torch also ships, run the same products 1.1-1.4× faster, most for the
-skinny per-step GEMMs of a decoder (B=64 rows): docs/benchmarks.md has the figures. `mm` and
-`linear` use oneDNN for float32 CPU tensors outside autocast and torch's own ops otherwise
-(other dtypes, devices, autocast, or a torch built without oneDNN); the result is the same
-product in float32.
+torch's float32 `mm`/`addmm`/`F.linear` call MKL; torch also ships oneDNN. Which is faster
+depends on the CPU: on an AVX-512 EPYC oneDNN ran the products 1.1-1.4x faster, most for the
+skinny per-step GEMMs of a decoder (B=64 rows); on an AVX2 EPYC the two were within 10%
+(docs/benchmarks.md). So the backend is measured, not assumed: the first process on a machine
+times a few decoder-shaped products both ways (about 0.2 s) and keeps the winner in
+`$S2S_CACHE/gemm/` (default `~/.cache/s2s/gemm/`), per CPU, torch version and thread count.
+`S2S_GEMM=onednn` or `S2S_GEMM=torch` (MKL) overrides the measurement.
 
-`linear` is differentiable (its backward uses `mm` too); `mm` is not (call it inside autograd
-Functions). `S2S_GEMM=torch` turns the oneDNN route off.
+`mm` and `linear` use oneDNN (when chosen) for float32 CPU tensors outside autocast and torch's
+own ops otherwise (other dtypes, devices, autocast, or a torch built without oneDNN); the
+result is the same product in float32. `linear` is differentiable (its backward uses `mm` too);
+`mm` is not (call it inside autograd Functions).
+
+Inside `int8(cache)` (inference: `--precision int8`), `linear` and `linear_cat` of float32 CPU
+inputs without autograd use dynamic int8 products instead (torch's quantized x86 kernels,
+fbgemm/oneDNN): each weight quantized once per output channel (symmetric int8, packed with
+its bias into `cache`), each input quantized per call.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import logging
 import os
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+log = logging.getLogger("s2s")
+BACKENDS = ("onednn", "torch")
 
-def _find():
-    if os.environ.get("S2S_GEMM", "").lower() == "torch":
-        return None
+
+def _onednn_op():
+    """oneDNN's linear op, if this torch has a working one."""
     try:
         op = torch.ops.mkldnn._linear_pointwise
         if not torch.backends.mkldnn.is_available():
@@ -35,16 +55,124 @@ def _find():
         return None
 
 
+_bf16: list[bool] = []
+
+
+def onednn_bf16() -> bool:
+    """Whether torch's oneDNN computes bf16 on this CPU at all (natively or emulated on
+    AVX-512; not on AVX2-only CPUs). Asked once."""
+    if not _bf16:
+        try:
+            _bf16.append(torch.backends.mkldnn.is_available()
+                         and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+        except (AttributeError, RuntimeError):
+            _bf16.append(False)
+    return _bf16[0]
+
+
+# decoder-shaped products (rows, inputs, outputs): a cell step, attention output, the output
+# layer, and a larger training-sized one
+_PROBE_SHAPES = ((64, 1280, 2048), (64, 1024, 512), (64, 512, 8000), (512, 512, 2048))
+
+
+def _measure(op) -> dict[str, float]:
+    """Seconds per round of _PROBE_SHAPES for each backend: the median of interleaved rounds."""
+    gen = torch.Generator().manual_seed(0)
+    cases = [(torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen))
+             for m, k, n in _PROBE_SHAPES]
+    runs = {"onednn": lambda x, w: op(x, w, None, "none", [], ""),
+            "torch": lambda x, w: F.linear(x, w)}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for rep in range(6):  # the first round warms both up and is not counted
+        for name, run in runs.items():
+            start = time.perf_counter()
+            for x, w in cases:
+                run(x, w)
+            if rep:
+                times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def _cache_file() -> Path:
+    from s2s.precision import cpu_flags
+
+    key = hashlib.sha256("\0".join([" ".join(sorted(cpu_flags())), torch.__version__,
+                                     str(torch.get_num_threads()), repr(_PROBE_SHAPES)]
+                                    ).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("S2S_CACHE") or Path.home() / ".cache" / "s2s")
+    return root / "gemm" / f"{key}.json"
+
+
+def _choose(op) -> str:
+    """The measured faster backend on this machine (cached on disk; measured when not)."""
+    file = _cache_file()
+    try:
+        chosen = json.loads(file.read_text(encoding="utf-8"))["backend"]
+        if chosen in BACKENDS:
+            return chosen
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    seconds = _measure(op)
+    ratio = seconds["torch"] / seconds["onednn"]
+    chosen = "onednn" if ratio >= 1.03 else "torch"  # a tie goes to torch's own default (MKL)
+    log.info("matrix products: %s (oneDNN %.2fx MKL on this CPU, %d threads; measured once, "
+             "kept in %s; S2S_GEMM=onednn|torch overrides)", "oneDNN" if chosen == "onednn"
+             else "MKL", ratio, torch.get_num_threads(), file.parent)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=file.parent, delete=False,
+                                         suffix=".tmp") as tmp:
+            json.dump({"backend": chosen, "onednn_over_mkl": round(ratio, 4),
+                       "seconds": seconds, "threads": torch.get_num_threads()}, tmp)
+        os.replace(tmp.name, file)
+    except OSError:  # an unwritable cache: measured again next time, nothing else changes
+        pass
+    return chosen
+
+
 _UNSET = object()
 _op = _UNSET  # found on first use, not at import: s2s.runtime may set oneDNN's options first
+_lock = threading.Lock()
+
+
+def _find():
+    setting = os.environ.get("S2S_GEMM", "auto").lower()
+    if setting == "torch":
+        return None
+    op = _onednn_op()
+    if op is None or setting == "onednn":
+        return op
+    return op if _choose(op) == "onednn" else None
 
 
 def available() -> bool:
-    """True when float32 CPU products go through oneDNN."""
+    """True when float32 CPU products go through oneDNN (chosen on this CPU, or S2S_GEMM)."""
     global _op
     if _op is _UNSET:
-        _op = _find()
+        with _lock:
+            if _op is _UNSET:
+                _op = _find()
     return _op is not None
+
+
+def backend() -> str:
+    """'onednn' or 'torch' (MKL): where float32 CPU products go."""
+    return "onednn" if available() else "torch"
+
+
+@contextlib.contextmanager
+def use(name: str) -> Iterator[None]:
+    """Force a backend ('onednn' or 'torch') inside the block (tests, benchmarks)."""
+    global _op
+    if name not in BACKENDS:
+        raise ValueError(f"unknown GEMM backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    available()
+    saved = _op
+    _op = _onednn_op() if name == "onednn" else None
+    try:
+        yield
+    finally:
+        _op = saved
 
 
 def _usable(*tensors: Tensor) -> bool:
@@ -107,8 +235,107 @@ class _OneDnnLinear(torch.autograd.Function):
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear (x [..., I], weight [O, I], bias [O]) with its GEMMs through `mm`."""
+    """F.linear (x [..., I], weight [O, I], bias [O]) with its GEMMs through `mm` (or int8
+    inside `int8()`)."""
+    if _int8_usable(x, weight):
+        return _int8_linear([x], [weight], [bias])
     if not (_usable(x, weight) and _plain_bias(bias, weight.shape[0]) and x.numel()
             and weight.numel()):
         return F.linear(x, weight, bias)
     return _OneDnnLinear.apply(x, weight, bias)
+
+
+def linear_cat(xs: list[Tensor], weights: list[Tensor], biases: list[Tensor | None]) -> Tensor:
+    """sum_k linear(xs[k], weights[k], biases[k]); inside `int8()` one int8 product over
+    cat(xs) with the weights concatenated once."""
+    if _int8_usable(xs[0], weights[0]) and all(x.shape[:-1] == xs[0].shape[:-1] for x in xs):
+        return _int8_linear(xs, weights, biases)
+    out = linear(xs[0], weights[0], biases[0])
+    for x, w, b in zip(xs[1:], weights[1:], biases[1:]):
+        out = out + linear(x, w, b)
+    return out
+
+
+# -- int8 inference ------------------------------------------------------------------------------
+_int8_local = threading.local()
+
+
+def _quantized_ops() -> str | None:
+    """None when torch's dynamic int8 linear works here, else why not."""
+    try:
+        w = torch.ones(4, 8)
+        packed = _pack_int8(w, None)
+        out = torch.ops.quantized.linear_dynamic(torch.ones(2, 8), packed, True)
+        return None if torch.allclose(out, torch.full((2, 4), 8.0), rtol=0.05) else \
+            "its int8 product gave wrong results"
+    except (AttributeError, RuntimeError) as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _pack_int8(weight: Tensor, bias: Tensor | None):
+    """weight [O, I] -> int8 per output channel (symmetric: scale = max |w| / 127), packed for
+    torch's dynamic int8 linear with its float32 bias [O]."""
+    w = weight.detach().float().contiguous()
+    scales = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()  # [O]
+    zeros = torch.zeros(w.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # torch marks quantized tensors deprecated (2.13)
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_channel(w, scales, zeros, 0, torch.qint8)
+    return torch.ops.quantized.linear_prepack(
+        q, None if bias is None else bias.detach().float().contiguous())
+
+
+def _reduce_range() -> bool:
+    """Inputs quantized to 7 bits where the CPU has no VNNI: fbgemm's AVX2 int8 products sum
+    pairs of u8*s8 products in 16 bits, which saturates with full 8-bit inputs."""
+    from s2s.precision import cpu_flags
+
+    return not cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+@contextlib.contextmanager
+def int8(cache: dict) -> Iterator[None]:
+    """Dynamic int8 products for `linear` / `linear_cat` inside the block (no autograd, float32
+    CPU inputs). `cache` keeps the packed weights between blocks: keep one per model."""
+    why = _quantized_ops()
+    if why is not None:
+        from s2s.errors import S2SError
+
+        raise S2SError(f"--precision int8: this torch build's dynamic int8 kernels do not work "
+                       f"here ({why}); use --precision fp32 or auto")
+    saved = getattr(_int8_local, "cache", None)
+    _int8_local.cache = (cache, _reduce_range())
+    try:
+        yield
+    finally:
+        _int8_local.cache = saved
+
+
+def int8_active() -> bool:
+    """True inside `int8()` without autograd: cells that call torch's fused cell ops (which
+    bypass s2s.gemm) take their `linear` path instead, so their weights are int8 too."""
+    return getattr(_int8_local, "cache", None) is not None and not torch.is_grad_enabled()
+
+
+def _int8_usable(x: Tensor, weight: Tensor) -> bool:
+    return getattr(_int8_local, "cache", None) is not None and not torch.is_grad_enabled() \
+        and x.dtype == torch.float32 and x.device.type == "cpu" and weight.dim() == 2 \
+        and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
+
+
+def _int8_linear(xs: list[Tensor], weights: list[Tensor], biases: list[Tensor | None]
+                 ) -> Tensor:
+    cache, reduce_range = _int8_local.cache
+    key = tuple(id(t) for t in (*weights, *biases))
+    versions = tuple(t._version for t in (*weights, *biases) if t is not None)
+    entry = cache.get(key)
+    if entry is None or entry[0] != versions or any(a is not b for a, b in zip(entry[1],
+                                                                             weights)):
+        present = [b for b in biases if b is not None]
+        weight = torch.cat([w.detach() for w in weights], dim=1)  # [O, sum(I)]
+        bias = sum(b.detach() for b in present) if present else None
+        entry = cache[key] = (versions, list(weights), _pack_int8(weight, bias))
+    x = torch.cat(xs, dim=-1) if len(xs) > 1 else xs[0]
+    flat = x.reshape(-1, x.shape[-1]).contiguous()  # [N, I]
+    out = torch.ops.quantized.linear_dynamic(flat, entry[2], reduce_range)
+    return out.view(*x.shape[:-1], out.shape[-1])

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from s2s import __version__, checkpoint, config, evaluate
+from s2s import __version__, checkpoint, config, evaluate, precision as precisions
 from s2s.batching import bucket_batches, collate
 from s2s.cells import registry
 from s2s.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -40,7 +40,7 @@ N_SAMPLES = 3  # validation sentences shown as text and attention images in Tens
 RESUMABLE = {"train.max_steps", "train.max_time", "train.max_epochs", "train.log_every",
              "train.validate_every", "train.checkpoint_every", "train.keep_last",
              "train.keep_best", "train.patience", "train.threads", "train.valid_batch_size",
-             "train.max_nonfinite"}
+             "train.max_nonfinite", "train.precision"}
 
 
 @dataclass
@@ -254,6 +254,9 @@ class Trainer:
         set_threads(cfg.train.threads)
         tune_allocator()
         limit_onednn_caches()
+        # the precision this machine trains in (auto: bf16 only where it is native)
+        self.precision, note = precisions.decide(cfg.train.precision, "cpu",
+                                                 what="train.precision")
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed)
@@ -265,6 +268,8 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         self._say(f"model: {cfg.model.cell} cells, {n_params / 1e6:.2f}M parameters; "
                   f"vocab {self.tokenizer.src_vocab_size}/{self.tokenizer.tgt_vocab_size}")
+        if note:
+            self._say(note)
         t = cfg.train
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr,
                                           betas=(t.adam_beta1, t.adam_beta2),
@@ -294,6 +299,11 @@ class Trainer:
                                   f"was not written by this version's trainer") from exc
         self.saved_step = self.step
         self._say(f"resuming at step {self.step} (epoch {self.epoch}, batch {self.batch_pos})")
+        before = payload.get("precision")
+        if before is not None and before != self.precision:
+            self._say(f"warning: the run trained in {before} so far and continues in "
+                      f"{self.precision} (train.precision={self.cfg.train.precision} on this "
+                      f"machine); losses will not match an uninterrupted run exactly")
 
     # -- one step --------------------------------------------------------------------------------
     def train_step(self, groups: list[dict]) -> tuple[bool, float, float, int]:
@@ -306,7 +316,7 @@ class Trainer:
         self.model.train()
         total = 0.0
         for batch in batches:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.precision == "bf16"):
+            with precisions.compute(self.precision):
                 loss, nll = self.model.loss(batch.src, batch.src_lengths, batch.tgt_in,
                                             batch.tgt_out, t.label_smoothing)
             (loss / norm).backward()
@@ -344,7 +354,7 @@ class Trainer:
                                   shuffle=False):
             rows = valid.data[idx.tolist()]
             batch = collate(rows["src_ids"], rows["tgt_ids"])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.precision == "bf16"):
+            with precisions.compute(self.precision):
                 _, nll = self.model.loss(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out)
             total_nll += float(nll)
             total_tokens += batch.n_tgt_tokens
@@ -419,6 +429,7 @@ class Trainer:
             "step_time": self.step_time,
             "rng": _rng_state(),
             "cell": self.cell,
+            "precision": self.precision,  # what train.precision resolved to on this machine
             "versions": _versions(),
         }
 
@@ -554,6 +565,7 @@ class Trainer:
     def _hparams(self, final: dict[str, float]) -> None:
         values = {k: v for k, v in _flat(config.to_dict(self.cfg)).items()
                   if isinstance(v, (int, float, str, bool))}
+        values["train.precision_used"] = self.precision  # what `auto` chose here
         self.monitor.hparams(values, {f"hparam/{k.split('/')[1]}": v for k, v in final.items()})
 
     def _log(self, window: dict[str, float]) -> None:

@@ -16,9 +16,9 @@ from typing import IO, Iterable, Iterator
 
 import torch
 
-from s2s import checkpoint, config, search
+from s2s import checkpoint, config, precision as precisions, search
 from s2s.batching import collate
-from s2s.errors import CheckpointError
+from s2s.errors import CheckpointError, ConfigError
 from s2s.model import Seq2Seq
 from s2s.tokenizer import Tokenizer
 
@@ -42,11 +42,12 @@ def _batches(lengths: list[int], batch_size: int, max_tokens: int) -> Iterator[l
 
 def search_lines(model, tokenizer: Tokenizer, lines: list[str], opts: search.SearchOptions, *,
                  batch_size: int = 64, max_tokens: int = 0, max_src_len: int = 0,
-                 first_line: int = 1, precision: str = "fp32"
+                 first_line: int = 1, precision: str = "fp32", int8_cache: dict | None = None
                  ) -> tuple[list[list[int]], list[list[search.Hypothesis]]]:
     """Search every line (already decoded text): (source pieces, up to opts.nbest hypotheses)
     per line, in input order. An empty line gets one empty hypothesis; `max_src_len` > 0
-    truncates longer sources (in pieces) with a warning. precision "bf16": bf16 autocast."""
+    truncates longer sources (in pieces) with a warning. `precision` is a resolved one
+    (fp32, bf16: autocast, int8: int8 products with weights packed into `int8_cache`)."""
     pieces = tokenizer.encode_src(lines)
     for i, ids in enumerate(pieces):
         if max_src_len and len(ids) > max_src_len:
@@ -63,7 +64,7 @@ def search_lines(model, tokenizer: Tokenizer, lines: list[str], opts: search.Sea
     try:
         for rows in _batches([len(p) for p in pieces], batch_size, max_tokens):
             batch = collate([pieces[i] for i in rows])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with precisions.compute(precision, device, int8_cache=int8_cache):
                 hyps = search.search(model, batch.src.to(device), batch.src_lengths, opts,
                                      generator)
             for i, found in zip(rows, hyps):
@@ -111,6 +112,7 @@ class Translator:
 
     def __init__(self, model, tokenizer: Tokenizer, cfg: config.Config) -> None:
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self._int8: dict = {}  # packed int8 weights (--precision int8), made on first use
         for m in _members(model):
             m.eval()
 
@@ -151,18 +153,20 @@ class Translator:
         return cls(search.Ensemble([m.model for _, _, m in members]), first.tokenizer, first.cfg)
 
     def search(self, lines: list[str], *, batch_size: int = 64, max_tokens: int = 0,
-               max_src_len: int | None = None, first_line: int = 1, precision: str = "fp32",
+               max_src_len: int | None = None, first_line: int = 1, precision: str = "auto",
                **options) -> list[list[dict]]:
         """Up to `nbest` results per line, best first: dicts with translation, score,
         log_prob (and with attention=True: alignment [target piece][source piece],
-        source_pieces, target_pieces). Options are SearchOptions' fields; precision "bf16"
-        runs the model under bf16 autocast (faster on CPUs with bf16 support)."""
+        source_pieces, target_pieces). Options are SearchOptions' fields; `precision` is one
+        of s2s.precision.INFER_CHOICES (auto: bf16 where the hardware has it natively, else
+        fp32; int8: dynamic int8 products)."""
         opts = search.SearchOptions(**options)
         limit = self.cfg.data.max_len * 2 if max_src_len is None else max_src_len
         pieces, hyps = search_lines(self.model, self.tokenizer, lines, opts,
                                     batch_size=batch_size, max_tokens=max_tokens,
                                     max_src_len=limit, first_line=first_line,
-                                    precision=precision)
+                                    precision=self.resolve_precision(precision),
+                                    int8_cache=self._int8)
         flat = [h for found in hyps for h in found]
         texts = iter(self.tokenizer.decode_tgt([h.tokens for h in flat]))
         out = []
@@ -187,16 +191,30 @@ class Translator:
                             first_line=first_line, **options)
         return [items[0]["translation"] for items in found]
 
-    def score(self, sources: list[str], targets: list[str], *, batch_size: int = 64
-              ) -> list[float]:
-        """Forced decoding: log-probability of each target given its source (EOS included)."""
+    @property
+    def device(self) -> torch.device:
+        return next(_members(self.model)[0].parameters()).device
+
+    def resolve_precision(self, precision: str = "auto") -> str:
+        """`precision` (auto, fp32, bf16, int8) as it runs on this model's device."""
+        if precision == "int8" and self.device.type != "cpu":
+            raise ConfigError(f"--precision int8 runs on CPU only; the model is on "
+                                     f"{self.device}")
+        return precisions.resolve(precision, self.device, what="--precision")
+
+    def score(self, sources: list[str], targets: list[str], *, batch_size: int = 64,
+              precision: str = "auto") -> list[float]:
+        """Forced decoding: log-probability of each target given its source (EOS included),
+        computed in `precision` (as in `search`)."""
+        resolved = self.resolve_precision(precision)
         src, tgt = self.tokenizer.encode_src(sources), self.tokenizer.encode_tgt(targets)
         out = [0.0] * len(sources)
-        device = next(_members(self.model)[0].parameters()).device
+        device = self.device
         for rows in _batches([max(len(s), 1) for s in src], batch_size, 0):
             batch = collate([src[i] for i in rows], [tgt[i] for i in rows])
-            totals = search.score(self.model, batch.src.to(device), batch.src_lengths,
-                                  batch.tgt_in.to(device), batch.tgt_out.to(device))
+            with precisions.compute(resolved, device, int8_cache=self._int8):
+                totals = search.score(self.model, batch.src.to(device), batch.src_lengths,
+                                      batch.tgt_in.to(device), batch.tgt_out.to(device))
             for i, value in zip(rows, totals.tolist()):
                 out[i] = value
         return out

@@ -18,3 +18,5 @@ def test_sequence_case_reports_both_sides():
     (line,) = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert line["case"] == "sequence_B64_T20_I256_H64_fwd_bwd"
     assert line["cell_ms"] > 0 and line["torch_LSTM_ms"] > 0 and line["speedup"] > 0
+    assert line["cpu"] and line["gemm"] in ("onednn", "torch")
+    assert line["fused_products"] in ("avx512", "avx2", "onednn")

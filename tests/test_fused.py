@@ -131,6 +131,32 @@ def _float_pair(inp, hid):
     return fused, plain
 
 
+def _use_products(products: str, monkeypatch) -> None:
+    """Select a sequence-kernel product path for one test; skip (naming why) if this CPU
+    cannot run it."""
+    monkeypatch.setenv("S2S_FUSED_PANELS", products)
+    if kernels.panel_path() != products:
+        from s2s.precision import cpu_kind
+
+        pytest.skip(f"{products} panels need a CPU with {products.upper()}; this one is "
+                    f"{cpu_kind()} (runs {kernels.panel_path()})")
+
+
+@needs_kernels
+def test_the_best_panel_build_the_cpu_has_is_the_default(monkeypatch):
+    from s2s.precision import cpu_flags
+
+    monkeypatch.delenv("S2S_FUSED_PANELS", raising=False)
+    flags = cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags to compare with")
+    expected = "avx512" if "avx512f" in flags else "avx2" if {"avx2", "fma"} <= flags \
+        else "onednn"
+    assert kernels.panel_path() == expected
+    monkeypatch.setenv("S2S_FUSED_PANELS", "0")
+    assert kernels.panel_path() == "onednn"
+
+
 @pytest.fixture
 def threads():
     """Sets torch's thread count for one test (the compiled sequence kernels split the hidden
@@ -147,11 +173,12 @@ def threads():
 ])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("initial", ["given", "zero"])
-@pytest.mark.parametrize("products", ["panels", "onednn"])
+@pytest.mark.parametrize("products", list(kernels.PANEL_BUILDS))
 def test_compiled_sequence_equals_pure_pytorch_path(hid, n_threads, batch, padded, initial,
                                                     products, threads, monkeypatch):
-    """Both product paths (register-tiled panels where the CPU has AVX-512, and oneDNN)."""
-    monkeypatch.setenv("S2S_FUSED_PANELS", "1" if products == "panels" else "0")
+    """Every product path the CPU runs: the register-tiled panels (AVX-512, AVX2+FMA) and
+    oneDNN's products; a build the CPU cannot run is skipped, saying so."""
+    _use_products(products, monkeypatch)
     threads(n_threads)
     torch.manual_seed(2)
     time, inp = 7, 70  # 70: products in 64-column panels plus a remainder
@@ -181,9 +208,12 @@ def test_compiled_sequence_equals_pure_pytorch_path(hid, n_threads, batch, padde
 @needs_kernels
 @pytest.mark.parametrize("case", ["state_only_loss", "h0_grad_only", "frozen_weights",
                                   "empty_time", "empty_batch"])
-def test_compiled_sequence_edge_cases_match_pure_pytorch_path(case, threads):
+@pytest.mark.parametrize("products", list(kernels.PANEL_BUILDS))
+def test_compiled_sequence_edge_cases_match_pure_pytorch_path(case, products, threads,
+                                                              monkeypatch):
     """Losses that ignore the outputs, gradients for h0 alone, frozen weights, T = 0 and B = 0,
-    on the panel path (hidden 128, 2 threads) where the machine has it."""
+    on every product path the CPU runs (hidden 128, 2 threads)."""
+    _use_products(products, monkeypatch)
     threads(2)
     torch.manual_seed(4)
     batch = 0 if case == "empty_batch" else 7

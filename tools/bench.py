@@ -9,7 +9,8 @@ training steps, the peers' own counter; peak_rss_mb = this process's peak). Tran
 `s2s translate` as a separate process per beam, timed whole (start-up and model load included,
 as the peer scripts time theirs): translate_sents_s[beam] = input lines / wall seconds.
 Set threads with --threads (default 2, the machine's cores); never run two benchmarks at once.
-`--translate-precision bf16 --translate-batch-size 128` are passed to `s2s translate`;
+`--translate-precision {auto,fp32,bf16,int8} --translate-batch-size 128` are passed to
+`s2s translate` (repeat --translate-precision to time several, each with every beam);
 `--skip-train --run-dir RUN` translates with an already trained run.
 """
 from __future__ import annotations
@@ -36,8 +37,9 @@ def main() -> None:
     parser.add_argument("--reference", metavar="FILE", help="reference to score with sacreBLEU")
     parser.add_argument("--beam", type=int, action="append", default=[])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--translate-precision", choices=["fp32", "bf16"], default="fp32",
-                        help="s2s translate --precision")
+    parser.add_argument("--translate-precision", choices=["auto", "fp32", "bf16", "int8"],
+                        action="append", default=[], help="s2s translate --precision "
+                        "(repeatable; default auto)")
     parser.add_argument("--translate-batch-size", type=int, default=64,
                         help="s2s translate --batch-size")
     parser.add_argument("--run-dir", help="keep the run here (default: a temporary directory)")
@@ -62,8 +64,10 @@ def main() -> None:
     overrides = [*args.overrides, f"train.max_steps={args.train_steps}",
                  f"train.max_time={args.train_seconds}", f"train.threads={args.threads}",
                  "train.valid_bleu=false", "train.metric=loss"]
+    from s2s.precision import cpu_kind
+
     out = {"config": args.config, "overrides": args.overrides, "threads": args.threads,
-           "run_dir": str(run_dir)}
+           "cpu": cpu_kind(), "run_dir": str(run_dir)}
     if not args.skip_train:
         try:
             cfg = config.load(args.config, overrides)
@@ -71,7 +75,11 @@ def main() -> None:
             result = train(cfg, run_dir, console=False)
         except S2SError as exc:
             sys.exit(f"error: {exc}")
+        from s2s import checkpoint
+
+        used = checkpoint.load(run_dir / "checkpoints" / "last.pt").get("precision")
         out.update({"cell": cfg.model.cell, "precision": cfg.train.precision,
+                    "precision_used": used,
                     "steps": result["step"],
                     "train_wall_s": round(time.monotonic() - started, 1),
                     "train_tgt_tok_s": round(result["train_tgt_tok_s"], 1),
@@ -80,24 +88,25 @@ def main() -> None:
                                          / 1024, 1)})
     if args.translate:
         n_lines = sum(1 for _ in open(args.translate, "rb"))
-        out["translate_precision"] = args.translate_precision
         out["translate_sents_s"], out["translate_wall_s"], out["bleu"] = {}, {}, {}
-        for beam in args.beam or [1]:
-            hyp = run_dir / f"hyp.beam{beam}.txt"
-            started = time.monotonic()
-            subprocess.run([sys.executable, "-m", "s2s", "translate", str(run_dir), "-i",
-                            args.translate, "-o", str(hyp), "--beam", str(beam), "--threads",
-                            str(args.threads), "--precision", args.translate_precision,
-                            "--batch-size", str(args.translate_batch_size)], check=True)
-            wall = time.monotonic() - started
-            out["translate_wall_s"][beam] = round(wall, 2)
-            out["translate_sents_s"][beam] = round(n_lines / wall, 1)
-            if args.reference:
-                from s2s import evaluate
-                from s2s.data import read_lines
+        for prec in args.translate_precision or ["auto"]:
+            for beam in args.beam or [1]:
+                key = f"{prec}/beam{beam}"
+                hyp = run_dir / f"hyp.{prec}.beam{beam}.txt"
+                started = time.monotonic()
+                subprocess.run([sys.executable, "-m", "s2s", "translate", str(run_dir), "-i",
+                                args.translate, "-o", str(hyp), "--beam", str(beam),
+                                "--threads", str(args.threads), "--precision", prec,
+                                "--batch-size", str(args.translate_batch_size)], check=True)
+                wall = time.monotonic() - started
+                out["translate_wall_s"][key] = round(wall, 2)
+                out["translate_sents_s"][key] = round(n_lines / wall, 1)
+                if args.reference:
+                    from s2s import evaluate
+                    from s2s.data import read_lines
 
-                scores = evaluate.score(read_lines(hyp), read_lines(args.reference))
-                out["bleu"][beam] = round(scores["bleu"].score, 2)
+                    scores = evaluate.score(read_lines(hyp), read_lines(args.reference))
+                    out["bleu"][key] = round(scores["bleu"].score, 2)
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         out["translate_peak_rss_mb"] = round(children, 1)
     print(json.dumps(out))

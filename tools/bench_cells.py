@@ -4,10 +4,12 @@
         [--case all|stepping|sequence] [--sequence-hidden 256]
 
 1. decoder-style stepping: B=64, input 768, hidden 512, 20 steps of `step`, forward+backward,
-   vs torch.nn.LSTMCell looped over the same steps; float32 and bf16 autocast.
+   vs torch.nn.LSTMCell looped over the same steps; float32, and bf16 autocast where the CPU
+   computes bf16 natively (`--bf16` forces it where it is emulated).
 2. whole sequence: B=64, T=20, input 256, hidden 256, `forward` + backward, vs torch.nn.LSTM
    (4 x --repeats pairs).
-Prints one JSON line per case with median milliseconds and the speed-up (torch / cell).
+Prints one JSON line per case with median milliseconds and the speed-up (torch / cell), the
+CPU kind, the GEMM backend and the fused kernels' product path.
 Both sides run in one process set up as s2s sets up training and translation
 (`s2s.runtime.tune_allocator`); `--system-malloc` leaves the allocator alone.
 """
@@ -37,6 +39,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--system-malloc", action="store_true")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time bf16 stepping where bf16 is only emulated")
     parser.add_argument("--case", choices=["all", "stepping", "sequence"], default="all")
     parser.add_argument("--sequence-hidden", type=int, default=256,
                         help="hidden size of the sequence case (256 is the issue's case)")
@@ -51,6 +55,11 @@ def main() -> None:
     from s2s.cells.deferred import deferred_weight_grads
 
     cls, _ = registry.load(args.cell)
+    from s2s import gemm
+    from s2s.cells.fused import kernels
+    from s2s.precision import cpu_kind, native_bf16
+
+    where = {"cpu": cpu_kind(), "gemm": gemm.backend(), "fused_products": kernels.panel_path()}
 
     def stepping(cell_step, params, x, h0, c0, context=contextlib.nullcontext):
         def run():
@@ -73,7 +82,8 @@ def main() -> None:
     h0, c0 = torch.zeros(batch, hid), torch.zeros(batch, hid)
     ours_step = lambda xt, s: ours.step(xt, s)[1]  # noqa: E731
     ref_step = lambda xt, s: ref(xt, s)  # noqa: E731
-    for precision in ("fp32", "bf16") if args.case != "sequence" else ():
+    precisions = ("fp32", "bf16") if native_bf16()[0] or args.bf16 else ("fp32",)
+    for precision in precisions if args.case != "sequence" else ():
         a = stepping(ours_step, list(ours.parameters()), x, h0, c0, deferred_weight_grads)
         b = stepping(ref_step, list(ref.parameters()), x, h0, c0)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -86,7 +96,7 @@ def main() -> None:
         ma, mb = statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
         print(json.dumps({"case": "decoder_step_B64_I768_H512_T20_fwd_bwd", "precision": precision,
                           "cell": args.cell, "cell_ms": round(ma, 2), "torch_LSTMCell_ms": round(mb, 2),
-                          "speedup": round(mb / ma, 3), "threads": args.threads}))
+                          "speedup": round(mb / ma, 3), "threads": args.threads, **where}))
 
     if args.case == "stepping":
         return
@@ -120,7 +130,7 @@ def main() -> None:
     ma, mb = statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
     print(json.dumps({"case": f"sequence_B64_T20_I256_H{hid}_fwd_bwd", "precision": "fp32",
                       "cell": args.cell, "cell_ms": round(ma, 2), "torch_LSTM_ms": round(mb, 2),
-                      "speedup": round(mb / ma, 3), "threads": args.threads}))
+                      "speedup": round(mb / ma, 3), "threads": args.threads, **where}))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from s2s import gemm
+
 State = tuple[Tensor, ...]
 
 
@@ -80,8 +82,18 @@ def packed_run(fn, x: Tensor, lengths: Tensor, hx, flat_weights: list[Tensor]):
                                                enforce_sorted=False)
     order, unorder = packed.sorted_indices, packed.unsorted_indices
     hx = tuple(h.index_select(0, order).unsqueeze(0) for h in hx)  # [1, B, H] each, sorted
-    result = fn(packed.data, packed.batch_sizes, hx if len(hx) > 1 else hx[0], flat_weights,
-                True, 1, 0.0, False, False)
+    # CPU autocast where oneDNN has no bf16 (e.g. AVX2 only): oneDNN's RNN primitive cannot be
+    # created there, so torch's own (emulated, slow) kernel runs instead
+    no_onednn = x.device.type == "cpu" and torch.is_autocast_enabled("cpu") \
+        and torch._C._get_mkldnn_enabled() and not gemm.onednn_bf16()
+    if no_onednn:
+        torch._C._set_mkldnn_enabled(False)
+    try:
+        result = fn(packed.data, packed.batch_sizes, hx if len(hx) > 1 else hx[0], flat_weights,
+                    True, 1, 0.0, False, False)
+    finally:
+        if no_onednn:
+            torch._C._set_mkldnn_enabled(True)
     out_data, finals = result[0], result[1:]
     out = nn.utils.rnn.PackedSequence(out_data, packed.batch_sizes, order, unorder)
     padded, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])

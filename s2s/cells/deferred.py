@@ -134,10 +134,7 @@ def linear_cat(xs: list[Tensor], weights: list[Tensor], biases: list[Tensor | No
     """sum_k F.linear(xs[k], weights[k], biases[k]) as ONE GEMM: cat(xs) @ cat(weights)^T.
     Inside `deferred_weight_grads()` the weight and bias gradients are deferred as well."""
     if not active() or not weights[0].requires_grad:
-        out = gemm.linear(xs[0], weights[0], biases[0])
-        for x, w, b in zip(xs[1:], weights[1:], biases[1:]):
-            out = out + gemm.linear(x, w, b)
-        return out
+        return gemm.linear_cat(xs, weights, biases)
     context = _local.stack[-1]
     key = tuple(id(p) for p in (*weights, *biases))
     entry = context.entries.get(key)

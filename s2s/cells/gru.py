@@ -6,6 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from s2s import gemm
 from s2s.cells.base import State, StepCell, packed_run, zeros_state
 
 
@@ -28,7 +29,19 @@ class GRUCell(StepCell):
         return zeros_state(1, batch_size, self.hidden_size, device, dtype)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        if gemm.int8_active():  # int8 inference: the products through s2s.gemm (torch.gru_cell
+            return self._linear_step(x, state)  # would compute them in float32)
         h = torch.gru_cell(x, state[0], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return h, (h,)
+
+    def _linear_step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """torch.gru_cell's math with its two products through `gemm.linear`."""
+        h = state[0]
+        r_x, z_x, n_x = gemm.linear(x, self.weight_ih, self.bias_ih).chunk(3, dim=1)  # [B, H]
+        r_h, z_h, n_h = gemm.linear(h, self.weight_hh, self.bias_hh).chunk(3, dim=1)
+        r, z = torch.sigmoid(r_x + r_h), torch.sigmoid(z_x + z_h)
+        n = torch.tanh(n_x + r * n_h)
+        h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
         return h, (h,)
 
     def forward(self, x: Tensor, lengths: Tensor, state: State | None = None

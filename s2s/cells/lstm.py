@@ -6,6 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from s2s import gemm
 from s2s.cells import deferred
 from s2s.cells.base import State, StepCell, packed_run, zeros_state
 
@@ -74,12 +75,14 @@ class LSTMCell(StepCell):
         return zeros_state(2, batch_size, self.hidden_size, device, dtype)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        if not deferred.active() and not torch.is_autocast_enabled(x.device.type):
+        if not (deferred.active() or torch.is_autocast_enabled(x.device.type)
+                or gemm.int8_active()):
             h, c = torch.lstm_cell(x, state, self.weight_ih, self.weight_hh, self.bias_ih,
                                    self.bias_hh)
             return h, (h, c)
         # training the decoder: weight gradients deferred to one GEMM over all steps; under
-        # autocast: low-precision GEMMs (torch.lstm_cell is not on autocast's list)
+        # autocast: low-precision GEMMs (torch.lstm_cell is not on autocast's list); int8
+        # inference: int8 products (s2s.gemm.int8)
         return self._gates_step(x, state)
 
     def _gates_step(self, x: Tensor, state: State) -> tuple[Tensor, State]:

@@ -115,10 +115,26 @@ def ops():
     return _state["ops"]
 
 
-def panels() -> bool:
-    """Whether the sequence kernels may use their register-tiled products (AVX-512 CPUs; the
-    default) or must use oneDNN's: `S2S_FUSED_PANELS=0` (for comparisons and tests)."""
-    return os.environ.get("S2S_FUSED_PANELS", "1") != "0"
+PANEL_BUILDS = {"avx512": 2, "avx2": 1, "onednn": 0}  # the sequence kernels' product paths
+
+
+def panels() -> int:
+    """The sequence kernels' product path asked for: the best register-tiled build the CPU
+    runs (AVX-512, else AVX2+FMA; the default), or what `S2S_FUSED_PANELS` names: `avx2`, or
+    `0`/`onednn` for oneDNN's products (comparisons and tests). The kernels clamp it to what
+    the CPU has (`panel_path`)."""
+    setting = os.environ.get("S2S_FUSED_PANELS", "").strip().lower()
+    if setting in ("0", "onednn"):
+        return 0
+    return PANEL_BUILDS.get(setting, PANEL_BUILDS["avx512"])
+
+
+def panel_path(asked: int | None = None) -> str:
+    """The product path that runs for `asked` (default: `panels()`) on this CPU: avx512,
+    avx2 or onednn (also without the compiled kernels)."""
+    lib = ops()
+    level = 0 if lib is None else lib.panel_isa(panels() if asked is None else asked)
+    return {v: k for k, v in PANEL_BUILDS.items()}[level]
 
 
 def usable(*tensors: torch.Tensor, bf16: bool = False) -> bool:

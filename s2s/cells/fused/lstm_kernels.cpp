@@ -8,8 +8,11 @@
 //   barrier. Backward likewise (d h_prev = d_gates @ w_hh with the pointwise backward of the
 //   step before as the epilogue), then d_x and both weight gradients as three large products
 //   by the same kernel (units in blocks of 16 forward and 64 backward; a partial last block
-//   multiplies zero weights for its missing units). Without AVX-512 (or `panels` false), the
-//   products go through oneDNN (torch's mkldnn ops) instead.
+//   multiplies zero weights for its missing units). The kernel comes in two builds in one
+//   library, chosen at run time by the CPU's features (`panel_isa`): AVX-512 (R x 64
+//   accumulators in 4R zmm registers) and AVX2+FMA (the same 64 columns as four passes of
+//   R x 16 in 2R ymm registers). Without either (or `panels` 0), the products go through oneDNN
+//   (torch's mkldnn ops) instead.
 //
 // Layout: gates i, f, g, o (torch.nn.LSTM's); rows are batch entries; B batch, T time,
 // I input, H hidden. Registered as torch.ops.s2s_fused.*; Python owns autograd.
@@ -30,7 +33,8 @@
 #include <vector>
 
 #include <omp.h>
-#ifdef __AVX512F__
+#if defined(__x86_64__) || defined(__i386__)
+#define S2S_X86 1
 #include <immintrin.h>
 #endif
 
@@ -260,9 +264,32 @@ struct Team {
   }
 };
 
-#ifdef __AVX512F__
+// Panel kernel builds: 0 none (oneDNN products), 1 AVX2+FMA, 2 AVX-512F.
+enum : int { kIsaNone = 0, kIsaAvx2 = 1, kIsaAvx512 = 2 };
+
+// The best build this CPU runs.
+int cpu_isa() {
+#ifdef S2S_X86
+  static const int isa = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return int(kIsaAvx512);
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return int(kIsaAvx2);
+    return int(kIsaNone);
+  }();
+  return isa;
+#else
+  return kIsaNone;
+#endif
+}
+
+// The build that runs when `requested` is asked for: at most what the CPU has.
+int64_t panel_isa(int64_t requested) {
+  return std::max<int64_t>(0, std::min<int64_t>(requested, cpu_isa()));
+}
+
+#ifdef S2S_X86
 // One 16 x 16 tile of `transpose` in registers (unpack, then two 128-bit lane shuffles).
-inline void transpose16(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+[[gnu::target("avx512f")]] void transpose16(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
   __m512 r[16], t[16];
   for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld_src);
   for (int i = 0; i < 16; i += 2) {
@@ -291,17 +318,17 @@ inline void transpose16(const float* src, int64_t ld_src, float* dst, int64_t ld
 #endif
 
 // dst[j * ld_dst + b] = src[b * ld_src + j] for b < rows, j < cols: a transposed copy in 16 x 16
-// tiles (the fused-lstm weights into k-major panels).
+// tiles (the fused-lstm weights into k-major panels); whole tiles in registers on AVX-512.
 void transpose(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int64_t rows,
-               int64_t cols) {
+               int64_t cols, int isa) {
   constexpr int64_t K = 16;
   alignas(64) float tile[K][K];
   for (int64_t j0 = 0; j0 < cols; j0 += K) {
     const int64_t nj = std::min(K, cols - j0);
     for (int64_t b0 = 0; b0 < rows; b0 += K) {
       const int64_t nb = std::min(K, rows - b0);
-#ifdef __AVX512F__
-      if (nj == K && nb == K) {
+#ifdef S2S_X86
+      if (nj == K && nb == K && isa == kIsaAvx512) {
         transpose16(src + b0 * ld_src + j0, ld_src, dst + j0 * ld_dst + b0, ld_dst);
         continue;
       }
@@ -318,16 +345,16 @@ void transpose(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int
 
 constexpr int64_t kTileRows = 6;  // rows of A per panel_gemm call
 
-#ifdef __AVX512F__
+#ifdef S2S_X86
 // C [R, 64] = init [64] (or 0) + A [R, K] @ P [K, 64] (a panel: 64 floats per k, at stride
 // ldp). A's rows are at stride lda, or with kTA its columns (A is read transposed). The R x 64
 // accumulators stay in registers for all of K (R <= 6: 24 of the 32 vector registers), so the
 // result meets memory once, in the caller's epilogue. Not inlined: inside the sequence loops
 // the compiler would spill the accumulators.
 template <int R, bool kTA>
-[[gnu::noinline]] void panel_gemm(const float* __restrict A, int64_t lda,
-                                  const float* __restrict P, int64_t ldp, int64_t K,
-                                  const float* __restrict init, float* __restrict C) {
+[[gnu::noinline, gnu::target("avx512f")]] void panel_gemm512(
+    const float* __restrict A, int64_t lda, const float* __restrict P, int64_t ldp, int64_t pass,
+    int64_t K, const float* __restrict init, float* __restrict C) {
   __m512 acc[R][4];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -336,8 +363,8 @@ template <int R, bool kTA>
       acc[r][q] = init ? _mm512_loadu_ps(init + 16 * q) : _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
     const float* pk = P + k * ldp;
-    const __m512 b0 = _mm512_loadu_ps(pk), b1 = _mm512_loadu_ps(pk + 16),
-                 b2 = _mm512_loadu_ps(pk + 32), b3 = _mm512_loadu_ps(pk + 48);
+    const __m512 b0 = _mm512_loadu_ps(pk), b1 = _mm512_loadu_ps(pk + pass),
+                 b2 = _mm512_loadu_ps(pk + 2 * pass), b3 = _mm512_loadu_ps(pk + 3 * pass);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512 a = _mm512_set1_ps(kTA ? A[k * lda + r] : A[r * lda + k]);
@@ -353,44 +380,100 @@ template <int R, bool kTA>
     for (int q = 0; q < 4; ++q) _mm512_storeu_ps(C + r * 64 + 16 * q, acc[r][q]);
 }
 
-// panel_gemm for rows [0, rows) of A (or of A^T) in tiles of kTileRows; after each tile,
-// epilogue(first row, rows in tile, C) with C [rows in tile, 64].
+// panel_gemm512 on AVX2+FMA: the same C [R, 64], as four passes over K of 16 columns each,
+// whose R x 16 accumulators stay in 2R of the 16 ymm registers (R <= 6: 12, plus two for P's
+// row and one for A's broadcast). A's R rows are read four times (from L1), P once; each pass
+// streams its own contiguous [K, 16] part of the panel (see PanelLayout).
+template <int R, bool kTA>
+[[gnu::noinline, gnu::target("avx2,fma")]] void panel_gemm256(
+    const float* __restrict A, int64_t lda, const float* __restrict P, int64_t ldp, int64_t pass,
+    int64_t K, const float* __restrict init, float* __restrict C) {
+#pragma GCC unroll 1
+  for (int q = 0; q < 4; ++q) {
+    __m256 acc[R][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      acc[r][0] = init ? _mm256_loadu_ps(init + 16 * q) : _mm256_setzero_ps();
+      acc[r][1] = init ? _mm256_loadu_ps(init + 16 * q + 8) : _mm256_setzero_ps();
+    }
+    const float* pq = P + q * pass;
+    for (int64_t k = 0; k < K; ++k) {
+      const float* pk = pq + k * ldp;
+      const __m256 b0 = _mm256_loadu_ps(pk), b1 = _mm256_loadu_ps(pk + 8);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m256 a = _mm256_broadcast_ss(kTA ? A + k * lda + r : A + r * lda + k);
+        acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      _mm256_storeu_ps(C + r * 64 + 16 * q, acc[r][0]);
+      _mm256_storeu_ps(C + r * 64 + 16 * q + 8, acc[r][1]);
+    }
+  }
+}
+
+template <int R, bool kTA>
+inline void panel_gemm(int isa, const float* A, int64_t lda, const float* P, int64_t ldp,
+                       int64_t pass, int64_t K, const float* init, float* C) {
+  if (isa == kIsaAvx512)
+    panel_gemm512<R, kTA>(A, lda, P, ldp, pass, K, init, C);
+  else
+    panel_gemm256<R, kTA>(A, lda, P, ldp, pass, K, init, C);
+}
+
+// panel_gemm (build `isa`: kIsaAvx2 or kIsaAvx512) for rows [0, rows) of A (or of A^T) in
+// tiles of kTileRows; after each tile, epilogue(first row, rows in tile, C) with C [rows in
+// tile, 64].
 template <bool kTA = false, class F>
-void panel_rows(const float* A, int64_t lda, int64_t rows, const float* P, int64_t ldp,
-                int64_t K, const float* init, F&& epilogue) {
+void panel_rows(int isa, const float* A, int64_t lda, int64_t rows, const float* P, int64_t ldp,
+                int64_t pass, int64_t K, const float* init, F&& epilogue) {
   alignas(64) float C[kTileRows * 64];
   for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
     const float* a = kTA ? A + r0 : A + r0 * lda;
     const int64_t R = std::min(kTileRows, rows - r0);
     switch (R) {
-      case 6: panel_gemm<6, kTA>(a, lda, P, ldp, K, init, C); break;
-      case 5: panel_gemm<5, kTA>(a, lda, P, ldp, K, init, C); break;
-      case 4: panel_gemm<4, kTA>(a, lda, P, ldp, K, init, C); break;
-      case 3: panel_gemm<3, kTA>(a, lda, P, ldp, K, init, C); break;
-      case 2: panel_gemm<2, kTA>(a, lda, P, ldp, K, init, C); break;
-      default: panel_gemm<1, kTA>(a, lda, P, ldp, K, init, C); break;
+      case 6: panel_gemm<6, kTA>(isa, a, lda, P, ldp, pass, K, init, C); break;
+      case 5: panel_gemm<5, kTA>(isa, a, lda, P, ldp, pass, K, init, C); break;
+      case 4: panel_gemm<4, kTA>(isa, a, lda, P, ldp, pass, K, init, C); break;
+      case 3: panel_gemm<3, kTA>(isa, a, lda, P, ldp, pass, K, init, C); break;
+      case 2: panel_gemm<2, kTA>(isa, a, lda, P, ldp, pass, K, init, C); break;
+      default: panel_gemm<1, kTA>(isa, a, lda, P, ldp, pass, K, init, C); break;
     }
     epilogue(r0, R, static_cast<const float*>(C));
   }
 }
-constexpr bool kPanels = true;
 #else
-constexpr bool kPanels = false;
 template <bool kTA = false, class F>
-void panel_rows(const float*, int64_t, int64_t, const float*, int64_t, int64_t, const float*,
-                F&&) {}
+void panel_rows(int, const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
+                const float*, F&&) {}
 #endif
 
 // Blocks of n units, the last one possibly partial (its panel columns are zero).
 inline int64_t blocks(int64_t units, int64_t n) { return (units + n - 1) / n; }
 
+// Where a panel [K, 64] keeps element (k, j): at (j / 16) * pass + k * ld + j % 16. AVX-512
+// reads whole 64-float rows (ld 64, pass 16: row-major); AVX2 reads the panel as four
+// passes of 16 columns, so each pass's [K, 16] is contiguous (ld 16, pass 16 K).
+struct PanelLayout {
+  int64_t ld, pass;
+  PanelLayout(int isa, int64_t K)
+      : ld(isa == kIsaAvx512 ? 64 : 16), pass(isa == kIsaAvx512 ? 16 : 16 * K) {}
+  // columns [j0, j0 + n) of row k (within one pass of 16: j0 % 16 + n <= 16)
+  float* at(float* panel, int64_t k, int64_t j) const {
+    return panel + (j / 16) * pass + k * ld + j % 16;
+  }
+};
+
 // c [M, N] = a [M, K] @ b [K, N] (a^T @ b with a_t: a is [K, M]), each with rows of unit
 // stride, through the panel kernel (b packed into panels first; the rows of c split across
 // threads). Columns past the last multiple of 64 go through at::mm.
-void mm_panels(const Tensor& a, bool a_t, const Tensor& b, Tensor& c) {
+void mm_panels(int isa, const Tensor& a, bool a_t, const Tensor& b, Tensor& c) {
   TORCH_CHECK(a.stride(1) == 1 && b.stride(1) == 1 && c.stride(1) == 1,
               "s2s_fused: mm_panels needs rows of unit stride");
-  const int64_t M = c.size(0), N = c.size(1), K = b.size(0), N64 = kPanels ? N / 64 * 64 : 0;
+  const int64_t M = c.size(0), N = c.size(1), K = b.size(0), N64 = isa ? N / 64 * 64 : 0;
   const float* pa = a.data_ptr<float>();
   float* pc = c.data_ptr<float>();
   const int64_t lda = a.stride(0), ldc = c.stride(0);
@@ -399,11 +482,14 @@ void mm_panels(const Tensor& a, bool a_t, const Tensor& b, Tensor& c) {
     Tensor packed = at::empty({N64 / 64, K, 64}, b.options());
     float* pb = packed.data_ptr<float>();
     const float* src = b.data_ptr<float>();
-    const int64_t ldb = b.stride(0), ldb_p = 64;
+    const int64_t ldb = b.stride(0);
+    const PanelLayout layout(isa, K);
     at::parallel_for(0, K, 64, [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k)
         for (int64_t cb = 0; cb < N64 / 64; ++cb)
-          std::copy(src + k * ldb + cb * 64, src + k * ldb + cb * 64 + 64, pb + (cb * K + k) * 64);
+          for (int64_t j = 0; j < 64; j += 16)
+            std::copy(src + k * ldb + cb * 64 + j, src + k * ldb + cb * 64 + j + 16,
+                      layout.at(pb + cb * K * 64, k, j));
     });
     const int64_t tiles = (M + kTileRows - 1) / kTileRows;
     at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
@@ -414,9 +500,11 @@ void mm_panels(const Tensor& a, bool a_t, const Tensor& b, Tensor& c) {
             std::copy(tile + r * 64, tile + r * 64 + 64, pc + (r0 + i0 + r) * ldc + cb * 64);
         };
         if (a_t)
-          panel_rows<true>(pa + r0, lda, rows, pb + cb * K * 64, ldb_p, K, nullptr, store);
+          panel_rows<true>(isa, pa + r0, lda, rows, pb + cb * K * 64, layout.ld, layout.pass, K,
+                           nullptr, store);
         else
-          panel_rows<false>(pa + r0 * lda, lda, rows, pb + cb * K * 64, ldb_p, K, nullptr, store);
+          panel_rows<false>(isa, pa + r0 * lda, lda, rows, pb + cb * K * 64, layout.ld,
+                            layout.pass, K, nullptr, store);
       }
     });
   }
@@ -460,11 +548,11 @@ Tensor gate_rows(const Tensor& w, int64_t H, int64_t u0, int64_t n) {
 // xh[:, t] = [x_t, h_{t-1}] is step t's GEMM input, so the input and recurrent projections are
 // one product per step (K = I + H, the bias added by the GEMM), and in backward both weight
 // gradients are one product over xh. When h0_zero (no initial state given) the first step
-// multiplies x_0 alone. `panels`: the register-tiled kernel where the CPU has AVX-512, else
-// (and when false) oneDNN products.
+// multiplies x_0 alone. `panels_asked`: the register-tiled kernel build to use (2 AVX-512, 1
+// AVX2+FMA; at most what the CPU has, see panel_isa), or 0: oneDNN products.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
     const Tensor& x, const Tensor& mask, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
-    const Tensor& w_hh, const Tensor& bias, bool h0_zero, bool allow_panels, bool onednn) {
+    const Tensor& w_hh, const Tensor& bias, bool h0_zero, int64_t panels_asked, bool onednn) {
   for (auto& [t, n] : {std::pair<const Tensor&, const char*>{x, "x"}, {mask, "mask"},
                        {h0, "h0"}, {c0, "c0"}, {w_ih, "w_ih"}, {w_hh, "w_hh"}, {bias, "bias"}})
     check(t, n);
@@ -491,7 +579,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
         *pout = out.data_ptr<float>(), *phl = h_last.data_ptr<float>(),
         *pacts = acts.data_ptr<float>(), *pcs = cs.data_ptr<float>(), *ptcs = tcs.data_ptr<float>();
   on_team(H, [&](int64_t u0, int64_t U, Team& team) {  // this thread's hidden units
-    const bool panels = kPanels && allow_panels;
+    const int isa = int(panel_isa(panels_asked));
+    const bool panels = isa > 0;
+    const PanelLayout layout(isa, W);
     // the pointwise work of step t for row b, units [j, j + nu), from the gates' pre-activations
     // g (gate stride sg): writes acts, c, tanh c, the output and the next step's h
     auto finish = [&](int64_t t, int64_t b, int64_t j, int64_t nu, const float* g, int64_t sg) {
@@ -523,11 +613,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
         const float *pwi = w_ih.data_ptr<float>(), *pwh = w_hh.data_ptr<float>(),
                     *pbias = bias.data_ptr<float>();
         for (int64_t cb = 0; cb < blocks(U, 16); ++cb)
-          for (int64_t q = 0; q < 4; ++q) {
+          for (int64_t q = 0; q < 4; ++q) {  // gate q: the panel's columns [16 q, 16 q + 16)
             const int64_t row = q * H + u0 + cb * 16, nu = std::min<int64_t>(16, U - cb * 16);
-            float* panel = pw + cb * W * 64 + q * 16;
-            transpose(pwi + row * I, I, panel, 64, nu, I);
-            transpose(pwh + row * H, H, panel + I * 64, 64, nu, H);
+            float* panel = pw + cb * W * 64;
+            transpose(pwi + row * I, I, layout.at(panel, 0, 16 * q), layout.ld, nu, I, isa);
+            transpose(pwh + row * H, H, layout.at(panel, I, 16 * q), layout.ld, nu, H, isa);
             std::copy(pbias + row, pbias + row + nu, pb + cb * 64 + q * 16);
           }
       } else {
@@ -545,7 +635,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forw
           const float *pw = w.data_ptr<float>(), *pb = bias_u.data_ptr<float>();
           for (int64_t cb = 0; cb < blocks(U, 16); ++cb) {
             const int64_t nu = std::min<int64_t>(16, U - cb * 16);
-            panel_rows(pxh + t * W, T * W, B, pw + cb * W * 64, 64, x_only ? I : W, pb + cb * 64,
+            panel_rows(isa, pxh + t * W, T * W, B, pw + cb * W * 64, layout.ld, layout.pass,
+                       x_only ? I : W, pb + cb * 64,
                        [&](int64_t r0, int64_t R, const float* C) {
                          for (int64_t r = 0; r < R; ++r) {
                            if (nu == 16)  // a whole block: the constant lets the loops unroll
@@ -580,7 +671,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
     const Tensor& d_out_in, const Tensor& mask, const Tensor& w_ih, const Tensor& w_hh,
     const Tensor& xh, const Tensor& acts, const Tensor& cs, const Tensor& tcs,
     const Tensor& d_h_in, const Tensor& d_c_in, bool input_grad, bool state_grad,
-    bool weight_grad, bool allow_panels, bool onednn) {
+    bool weight_grad, int64_t panels_asked, bool onednn) {
   Tensor d_out = d_out_in.stride(2) == 1 ? d_out_in : d_out_in.contiguous();
   for (auto& [t, n] : {std::pair<const Tensor&, const char*>{mask, "mask"}, {w_ih, "w_ih"},
                        {w_hh, "w_hh"}, {xh, "xh"}, {acts, "acts"}, {cs, "cs"},
@@ -615,7 +706,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
   float *pdg = d_gates.data_ptr<float>(), *pdb = d_b.data_ptr<float>(),
         *pdh = d_h.data_ptr<float>(), *pdc = d_c.data_ptr<float>();
   on_team(H, [&](int64_t u0, int64_t U, Team& team) {  // this thread's hidden units
-    const bool panels = kPanels && allow_panels;
+    const int isa = int(panel_isa(panels_asked));
+    const bool panels = isa > 0;
+    const PanelLayout layout(isa, 4 * H);
     // step t for row b, units [j, j + nu): d_h += ghh (d h_prev from step t + 1's d_gates, if
     // given), then through the step: d_gates (also summed into d_b) and d c_prev (t = -1: only
     // the addition, d_h0)
@@ -658,8 +751,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
         for (int64_t cb = 0; cb < blocks(U, 64); ++cb) {
           const int64_t nu = std::min<int64_t>(64, U - cb * 64);
           for (int64_t k = 0; k < 4 * H; ++k)
-            std::copy(pwh + k * H + u0 + cb * 64, pwh + k * H + u0 + cb * 64 + nu,
-                      pw + (cb * 4 * H + k) * 64);
+            for (int64_t j = 0; j < nu; j += 16)
+              std::copy(pwh + k * H + u0 + cb * 64 + j,
+                        pwh + k * H + u0 + cb * 64 + std::min<int64_t>(j + 16, nu),
+                        layout.at(pw + cb * 4 * H * 64, k, j));
         }
       } else {
         w = pack(w_hh.t().narrow(0, u0, U), B, onednn);  // [U, 4H]
@@ -678,7 +773,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
           const float* pw = w.data_ptr<float>();
           for (int64_t cb = 0; cb < blocks(U, 64); ++cb) {
             const int64_t nu = std::min<int64_t>(64, U - cb * 64);
-            panel_rows(pdg + (t + 1) * G, T * G, B, pw + cb * 4 * H * 64, 64, 4 * H,
+            panel_rows(isa, pdg + (t + 1) * G, T * G, B, pw + cb * 4 * H * 64, layout.ld,
+                       layout.pass, 4 * H,
                        nullptr,
                        [&](int64_t r0, int64_t R, const float* C) {
                          for (int64_t r = 0; r < R; ++r) {
@@ -714,17 +810,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
   const Tensor dg2 = d_gates.reshape({TB, 4 * H}), xh2 = xh.view({TB, I + H});  // dg2: a view
   Tensor d_x = at::empty({0}, opts), d_w_ih = at::empty({weight_grad ? 4 * H : 0, I}, opts),
          d_w_hh = at::empty({weight_grad ? 4 * H : 0, H}, opts);
-  if (kPanels && allow_panels) {  // the panel kernel: ~5-10% faster than oneDNN here
+  const int isa = int(panel_isa(panels_asked));
+  if (isa) {  // the panel kernel: ~5-10% faster than oneDNN here (AVX-512)
     if (input_grad) {
       d_x = at::empty({TB, I}, opts);
-      mm_panels(dg2, false, w_ih, d_x);  // d_gates @ w_ih
+      mm_panels(isa, dg2, false, w_ih, d_x);  // d_gates @ w_ih
     }
-    if (weight_grad) {
-      mm_panels(dg2, true, xh2.narrow(1, 0, I), d_w_ih);  // d_gates^T @ [x]
-      mm_panels(dg2, true, xh2.narrow(1, I, H), d_w_hh);  // d_gates^T @ [h_prev]
+    // the weight gradients read d_gates transposed: in four passes (AVX2) its columns come
+    // from L2 four times, 2x slower than MKL's own packing, so AVX2 leaves them to MKL
+    if (weight_grad && isa == kIsaAvx512) {
+      mm_panels(isa, dg2, true, xh2.narrow(1, 0, I), d_w_ih);  // d_gates^T @ [x]
+      mm_panels(isa, dg2, true, xh2.narrow(1, I, H), d_w_hh);  // d_gates^T @ [h_prev]
     }
-  } else {
-    if (input_grad) d_x = linear(dg2, w_ih.t(), std::nullopt, onednn);
+  }
+  if (!isa && input_grad) d_x = linear(dg2, w_ih.t(), std::nullopt, onednn);
+  if (isa != kIsaAvx512) {
     if (weight_grad) {
       d_w_ih.copy_(at::mm(dg2.t(), xh2.narrow(1, 0, I)));
       d_w_hh.copy_(at::mm(dg2.t(), xh2.narrow(1, I, H)));
@@ -737,15 +837,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
 }  // namespace
 
 TORCH_LIBRARY(s2s_fused, m) {
+  m.def("panel_isa(int requested) -> int", &panel_isa);
   m.def("pointwise_forward(Tensor gates, Tensor c_prev) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("pointwise_backward(Tensor act, Tensor c_prev, Tensor tanh_c, Tensor dh, Tensor dc)"
         " -> (Tensor, Tensor)");
   m.def("sequence_forward(Tensor x, Tensor mask, Tensor h0, Tensor c0, Tensor w_ih, "
-        "Tensor w_hh, Tensor bias, bool h0_zero, bool panels, bool onednn) -> "
+        "Tensor w_hh, Tensor bias, bool h0_zero, int panels, bool onednn) -> "
         "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("sequence_backward(Tensor d_out, Tensor mask, Tensor w_ih, Tensor w_hh, Tensor xh, "
         "Tensor acts, Tensor cs, Tensor tcs, Tensor d_h, Tensor d_c, bool input_grad, "
-        "bool state_grad, bool weight_grad, bool panels, bool onednn) -> "
+        "bool state_grad, bool weight_grad, int panels, bool onednn) -> "
         "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
