@@ -149,7 +149,7 @@ def _open_output(path: str):
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8"]),
               default="auto", show_default=True,
               help="auto: bf16 where the CPU/GPU computes it natively, else fp32; int8: dynamic "
-                   "int8 products (CPU), fastest, BLEU within ~0.5 of fp32.")
+                   "int8 products (CPU), fastest (docs/benchmarks.md has BLEU and speed).")
 @click.option("--threads", type=click.IntRange(min=0), default=0,
               help="torch threads (0: torch's default).")
 def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: int, nbest: int,

@@ -21,6 +21,7 @@ its bias into `cache`), each input quantized per call.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -75,6 +76,8 @@ def onednn_bf16() -> bool:
 _PROBE_SHAPES = ((64, 1280, 2048), (64, 1024, 512), (64, 512, 8000), (512, 512, 2048))
 
 
+@torch.no_grad()
+@torch.autocast("cpu", enabled=False)  # the first product may come inside autocast
 def _measure(op) -> dict[str, float]:
     """Seconds per round of _PROBE_SHAPES for each backend: the median of interleaved rounds."""
     gen = torch.Generator().manual_seed(0)
@@ -135,8 +138,16 @@ _op = _UNSET  # found on first use, not at import: s2s.runtime may set oneDNN's 
 _lock = threading.Lock()
 
 
+def _setting() -> str:
+    setting = os.environ.get("S2S_GEMM", "auto").strip().lower() or "auto"
+    if setting not in (*BACKENDS, "auto"):
+        log.warning("S2S_GEMM=%s is not one of onednn, torch, auto; measuring (auto)", setting)
+        return "auto"
+    return setting
+
+
 def _find():
-    setting = os.environ.get("S2S_GEMM", "auto").lower()
+    setting = _setting()
     if setting == "torch":
         return None
     op = _onednn_op()
@@ -158,6 +169,19 @@ def available() -> bool:
 def backend() -> str:
     """'onednn' or 'torch' (MKL): where float32 CPU products go."""
     return "onednn" if available() else "torch"
+
+
+def prefer(name: str) -> bool:
+    """Use backend `name` from now on in this process unless S2S_GEMM fixes one (a resumed
+    run keeps the backend it trained with: the products' rounding differs between the two).
+    Returns whether `name` is in use."""
+    global _op
+    if name not in BACKENDS:
+        return False
+    if _setting() == "auto":
+        with _lock:
+            _op = _onednn_op() if name == "onednn" else None
+    return backend() == name
 
 
 @contextlib.contextmanager
@@ -260,8 +284,9 @@ def linear_cat(xs: list[Tensor], weights: list[Tensor], biases: list[Tensor | No
 _int8_local = threading.local()
 
 
+@functools.lru_cache(maxsize=1)
 def _quantized_ops() -> str | None:
-    """None when torch's dynamic int8 linear works here, else why not."""
+    """None when torch's dynamic int8 linear works here, else why not (checked once)."""
     try:
         w = torch.ones(4, 8)
         packed = _pack_int8(w, None)
@@ -326,15 +351,16 @@ def _int8_usable(x: Tensor, weight: Tensor) -> bool:
 def _int8_linear(xs: list[Tensor], weights: list[Tensor], biases: list[Tensor | None]
                  ) -> Tensor:
     cache, reduce_range = _int8_local.cache
+    tensors = [t for t in (*weights, *biases) if t is not None]
     key = tuple(id(t) for t in (*weights, *biases))
-    versions = tuple(t._version for t in (*weights, *biases) if t is not None)
+    # repacked when a tensor changes in place (version) or gets new storage (data pointer)
+    stamp = tuple((t._version, t.data_ptr()) for t in tensors)
     entry = cache.get(key)
-    if entry is None or entry[0] != versions or any(a is not b for a, b in zip(entry[1],
-                                                                             weights)):
+    if entry is None or entry[0] != stamp or any(a is not b for a, b in zip(entry[1], tensors)):
         present = [b for b in biases if b is not None]
         weight = torch.cat([w.detach() for w in weights], dim=1)  # [O, sum(I)]
         bias = sum(b.detach() for b in present) if present else None
-        entry = cache[key] = (versions, list(weights), _pack_int8(weight, bias))
+        entry = cache[key] = (stamp, tensors, _pack_int8(weight, bias))
     x = torch.cat(xs, dim=-1) if len(xs) > 1 else xs[0]
     flat = x.reshape(-1, x.shape[-1]).contiguous()  # [N, I]
     out = torch.ops.quantized.linear_dynamic(flat, entry[2], reduce_range)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from s2s import __version__, checkpoint, config, evaluate, precision as precisions
+from s2s import __version__, checkpoint, config, evaluate, gemm, precision as precisions
 from s2s.batching import bucket_batches, collate
 from s2s.cells import registry
 from s2s.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -299,6 +299,10 @@ class Trainer:
                                   f"was not written by this version's trainer") from exc
         self.saved_step = self.step
         self._say(f"resuming at step {self.step} (epoch {self.epoch}, batch {self.batch_pos})")
+        if payload.get("gemm") and not gemm.prefer(payload["gemm"]):
+            self._say(f"warning: the run used {payload['gemm']} products so far and continues "
+                      f"with {gemm.backend()} (S2S_GEMM); losses will not match an "
+                      f"uninterrupted run exactly")
         before = payload.get("precision")
         if before is not None and before != self.precision:
             self._say(f"warning: the run trained in {before} so far and continues in "
@@ -430,6 +434,7 @@ class Trainer:
             "rng": _rng_state(),
             "cell": self.cell,
             "precision": self.precision,  # what train.precision resolved to on this machine
+            "gemm": gemm.backend(),  # the float32 product backend (kept on resume)
             "versions": _versions(),
         }
 

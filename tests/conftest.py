@@ -11,6 +11,9 @@ import pytest
 # Tests run offline, with datasets' cache out of the user's home.
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The oneDNN product path on every machine (MKL's is torch's own, tested through
+# gemm.use("torch")); tests/test_precision.py tests the per-machine measurement itself.
+os.environ.setdefault("S2S_GEMM", "onednn")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -151,10 +151,10 @@ def test_the_best_panel_build_the_cpu_has_is_the_default(monkeypatch):
     if not flags:
         pytest.skip("no /proc/cpuinfo flags to compare with")
     expected = "avx512" if "avx512f" in flags else "avx2" if {"avx2", "fma"} <= flags \
-        else "onednn"
+        else "gemm"
     assert kernels.panel_path() == expected
     monkeypatch.setenv("S2S_FUSED_PANELS", "0")
-    assert kernels.panel_path() == "onednn"
+    assert kernels.panel_path() == "gemm"
 
 
 @pytest.fixture

@@ -68,9 +68,11 @@ def test_empty_and_size_one_shapes(rows, inner):
     torch.testing.assert_close(gemm.mm(x, w.t()), x @ w.t())
 
 
-def test_onednn_is_used_where_torch_has_it():
-    assert gemm.available() == (torch.backends.mkldnn.is_available()
+def test_onednn_is_used_where_torch_has_it_unless_switched_off():
+    wanted = os.environ.get("S2S_GEMM") != "torch"  # the suite asks for oneDNN (conftest.py)
+    assert gemm.available() == (wanted and torch.backends.mkldnn.is_available()
                                 and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    assert gemm.backend() == ("onednn" if gemm.available() else "torch")
 
 
 @pytest.mark.parametrize("bias", [

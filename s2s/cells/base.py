@@ -83,7 +83,8 @@ def packed_run(fn, x: Tensor, lengths: Tensor, hx, flat_weights: list[Tensor]):
     order, unorder = packed.sorted_indices, packed.unsorted_indices
     hx = tuple(h.index_select(0, order).unsqueeze(0) for h in hx)  # [1, B, H] each, sorted
     # CPU autocast where oneDNN has no bf16 (e.g. AVX2 only): oneDNN's RNN primitive cannot be
-    # created there, so torch's own (emulated, slow) kernel runs instead
+    # created there, so torch's own (emulated, slow) kernel runs instead. The switch is
+    # process-wide for the call; s2s runs models from one thread at a time.
     no_onednn = x.device.type == "cpu" and torch.is_autocast_enabled("cpu") \
         and torch._C._get_mkldnn_enabled() and not gemm.onednn_bf16()
     if no_onednn:

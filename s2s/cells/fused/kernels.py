@@ -115,23 +115,30 @@ def ops():
     return _state["ops"]
 
 
-PANEL_BUILDS = {"avx512": 2, "avx2": 1, "onednn": 0}  # the sequence kernels' product paths
+# the sequence kernels' product paths: the two register-tiled builds, or the products of
+# s2s.gemm's backend (oneDNN or MKL, whichever it chose)
+PANEL_BUILDS = {"avx512": 2, "avx2": 1, "gemm": 0}
 
 
 def panels() -> int:
     """The sequence kernels' product path asked for: the best register-tiled build the CPU
     runs (AVX-512, else AVX2+FMA; the default), or what `S2S_FUSED_PANELS` names: `avx2`, or
-    `0`/`onednn` for oneDNN's products (comparisons and tests). The kernels clamp it to what
-    the CPU has (`panel_path`)."""
+    `0` for s2s.gemm's products (comparisons and tests). The kernels clamp it to what the CPU
+    has (`panel_path`)."""
     setting = os.environ.get("S2S_FUSED_PANELS", "").strip().lower()
-    if setting in ("0", "onednn"):
+    if setting in ("0", "onednn", "gemm"):
         return 0
+    if setting not in ("", "1", *PANEL_BUILDS):
+        if setting not in _state.setdefault("warned", set()):
+            _state["warned"].add(setting)
+            log.warning("S2S_FUSED_PANELS=%s is not one of avx512, avx2, 0; using the best "
+                        "build this CPU runs", setting)
     return PANEL_BUILDS.get(setting, PANEL_BUILDS["avx512"])
 
 
 def panel_path(asked: int | None = None) -> str:
     """The product path that runs for `asked` (default: `panels()`) on this CPU: avx512,
-    avx2 or onednn (also without the compiled kernels)."""
+    avx2 or gemm (also without the compiled kernels)."""
     lib = ops()
     level = 0 if lib is None else lib.panel_isa(panels() if asked is None else asked)
     return {v: k for k, v in PANEL_BUILDS.items()}[level]
