@@ -224,3 +224,30 @@ def test_dropout_semantics():
     y = Dropout(0.5).train()(x)
     y.sum().backward()
     assert torch.equal(x.grad, (y.detach() != 0).float() * 2.0)
+
+
+def test_attention_products_equal_torch_bmm_with_gradients():
+    from s2s.model.attention import _Context, _Scores
+
+    torch.manual_seed(7)
+    keys, memory = torch.randn(5, 7, 12, requires_grad=True), torch.randn(5, 7, 12,
+                                                                          requires_grad=True)
+    query = torch.randn(5, 12, requires_grad=True)
+    weights = torch.softmax(torch.randn(5, 7), -1).requires_grad_()
+    pairs = [(lambda: _Scores.apply(keys, query),
+              lambda: torch.bmm(keys, query.unsqueeze(2)).squeeze(2), [keys, query]),
+             (lambda: _Context.apply(weights, memory),
+              lambda: torch.bmm(weights.unsqueeze(1), memory).squeeze(1), [weights, memory])]
+    for ours, ref, wrt in pairs:
+        a, b = ours(), ref()
+        torch.testing.assert_close(a, b)
+        probe = torch.randn_like(b)
+        for ga, gb in zip(torch.autograd.grad((a * probe).sum(), wrt),
+                          torch.autograd.grad((b * probe).sum(), wrt)):
+            torch.testing.assert_close(ga, gb)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 products, float32 gradients
+            low = ours()
+            grads = torch.autograd.grad((low.float() * probe).sum(), wrt)
+        assert low.dtype == torch.bfloat16
+        assert all(g.dtype == torch.float32 for g in grads)
+        torch.testing.assert_close(low.float(), b, rtol=0.05, atol=0.05)
