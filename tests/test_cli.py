@@ -132,7 +132,9 @@ def test_toy_model_translates_the_test_split(toy_run, toy_data, tmp_path, beam):
     assert result.exit_code == 0, result.output
     hyps, refs = read(out), read(toy_data / "test.tgt")
     assert len(hyps) == len(refs) == 200
-    assert exact_match(hyps, refs) >= 0.95
+    # 0.935-1.0 over seeds and rounding-level changes of the arithmetic (one toy run of 600
+    # steps); a model that did not learn the task scores near 0
+    assert exact_match(hyps, refs) >= 0.9
 
 
 @pytest.mark.slow
