@@ -171,6 +171,11 @@ def backend() -> str:
     return "onednn" if available() else "torch"
 
 
+def _op_for(name: str):
+    """The `_op` value for backend `name` (oneDNN's op, or None for torch's own)."""
+    return _onednn_op() if name == "onednn" else None
+
+
 def prefer(name: str) -> bool:
     """Use backend `name` from now on in this process unless S2S_GEMM fixes one (a resumed
     run keeps the backend it trained with: the products' rounding differs between the two).
@@ -180,7 +185,7 @@ def prefer(name: str) -> bool:
         return False
     if _setting() == "auto":
         with _lock:
-            _op = _onednn_op() if name == "onednn" else None
+            _op = _op_for(name)
     return backend() == name
 
 
@@ -192,7 +197,7 @@ def use(name: str) -> Iterator[None]:
         raise ValueError(f"unknown GEMM backend {name!r}; choose one of {', '.join(BACKENDS)}")
     available()
     saved = _op
-    _op = _onednn_op() if name == "onednn" else None
+    _op = _op_for(name)
     try:
         yield
     finally:
@@ -269,6 +274,13 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return _OneDnnLinear.apply(x, weight, bias)
 
 
+def joined(weights: list[Tensor], biases: list[Tensor | None]) -> tuple[Tensor, Tensor | None]:
+    """The weights of one product over cat(xs), detached: weights side by side [O, sum(I)],
+    and the sum of the biases given [O] (None if none)."""
+    present = [b.detach() for b in biases if b is not None]
+    return torch.cat([w.detach() for w in weights], dim=1), sum(present) if present else None
+
+
 def linear_cat(xs: list[Tensor], weights: list[Tensor], biases: list[Tensor | None]) -> Tensor:
     """sum_k linear(xs[k], weights[k], biases[k]); inside `int8()` one int8 product over
     cat(xs) with the weights concatenated once."""
@@ -343,8 +355,7 @@ def int8_active() -> bool:
 
 
 def _int8_usable(x: Tensor, weight: Tensor) -> bool:
-    return getattr(_int8_local, "cache", None) is not None and not torch.is_grad_enabled() \
-        and x.dtype == torch.float32 and x.device.type == "cpu" and weight.dim() == 2 \
+    return int8_active() and x.dtype == torch.float32 and x.device.type == "cpu" and weight.dim() == 2 \
         and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
 
 
@@ -357,10 +368,7 @@ def _int8_linear(xs: list[Tensor], weights: list[Tensor], biases: list[Tensor | 
     stamp = tuple((t._version, t.data_ptr()) for t in tensors)
     entry = cache.get(key)
     if entry is None or entry[0] != stamp or any(a is not b for a, b in zip(entry[1], tensors)):
-        present = [b for b in biases if b is not None]
-        weight = torch.cat([w.detach() for w in weights], dim=1)  # [O, sum(I)]
-        bias = sum(b.detach() for b in present) if present else None
-        entry = cache[key] = (stamp, tensors, _pack_int8(weight, bias))
+        entry = cache[key] = (stamp, tensors, _pack_int8(*joined(weights, biases)))
     x = torch.cat(xs, dim=-1) if len(xs) > 1 else xs[0]
     flat = x.reshape(-1, x.shape[-1]).contiguous()  # [N, I]
     out = torch.ops.quantized.linear_dynamic(flat, entry[2], reduce_range)

@@ -199,7 +199,7 @@ class Translator:
         """`precision` (auto, fp32, bf16, int8) as it runs on this model's device."""
         if precision == "int8" and self.device.type != "cpu":
             raise ConfigError(f"--precision int8 runs on CPU only; the model is on "
-                                     f"{self.device}")
+                              f"{self.device}")
         return precisions.resolve(precision, self.device, what="--precision")
 
     def score(self, sources: list[str], targets: list[str], *, batch_size: int = 64,

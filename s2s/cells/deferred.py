@@ -36,10 +36,11 @@ class _Entry:
     def __init__(self, weights: list[Tensor], biases: list[Tensor | None],
                  dtype: torch.dtype) -> None:
         self.sizes = [w.shape[1] for w in weights]
-        self.weight = torch.cat([w.detach() for w in weights], dim=1).to(dtype)  # [O, sum(I)]
+        weight, bias = gemm.joined(weights, biases)
+        self.weight = weight.to(dtype)  # [O, sum(I)]
         present = [b for b in biases if b is not None]
         self.n_weights, self.n_biases = len(weights), len(present)
-        self.bias = sum(b.detach() for b in present).to(dtype) if present else None  # [O]
+        self.bias = bias.to(dtype) if bias is not None else None  # [O]
         self._parts: list[Tensor] | None = None
         self.inputs: list[Tensor] = []
         self.grads: list[Tensor] = []

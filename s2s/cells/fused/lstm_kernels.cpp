@@ -289,7 +289,8 @@ int64_t panel_isa(int64_t requested) {
 
 #ifdef S2S_X86
 // One 16 x 16 tile of `transpose` in registers (unpack, then two 128-bit lane shuffles).
-[[gnu::target("avx512f")]] void transpose16(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+[[gnu::target("avx512f")]] void transpose16(const float* src, int64_t ld_src, float* dst,
+                                            int64_t ld_dst) {
   __m512 r[16], t[16];
   for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld_src);
   for (int i = 0; i < 16; i += 2) {
@@ -811,21 +812,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
   Tensor d_x = at::empty({0}, opts), d_w_ih = at::empty({weight_grad ? 4 * H : 0, I}, opts),
          d_w_hh = at::empty({weight_grad ? 4 * H : 0, H}, opts);
   const int isa = int(panel_isa(panels_asked));
-  if (isa) {  // the panel kernel: ~5-10% faster than oneDNN here (AVX-512)
-    if (input_grad) {
+  if (input_grad) {
+    if (isa) {  // the panel kernel: ~5-10% faster than oneDNN here (AVX-512)
       d_x = at::empty({TB, I}, opts);
       mm_panels(isa, dg2, false, w_ih, d_x);  // d_gates @ w_ih
-    }
-    // the weight gradients read d_gates transposed: in four passes (AVX2) its columns come
-    // from L2 four times, 2x slower than MKL's own packing, so AVX2 leaves them to MKL
-    if (weight_grad && isa == kIsaAvx512) {
-      mm_panels(isa, dg2, true, xh2.narrow(1, 0, I), d_w_ih);  // d_gates^T @ [x]
-      mm_panels(isa, dg2, true, xh2.narrow(1, I, H), d_w_hh);  // d_gates^T @ [h_prev]
+    } else {
+      d_x = linear(dg2, w_ih.t(), std::nullopt, onednn);
     }
   }
-  if (!isa && input_grad) d_x = linear(dg2, w_ih.t(), std::nullopt, onednn);
-  if (isa != kIsaAvx512) {
-    if (weight_grad) {
+  if (weight_grad) {
+    // the weight gradients read d_gates transposed: in four passes (AVX2) its columns come
+    // from L2 four times, 2x slower than MKL's own packing, so AVX2 leaves them to MKL
+    if (isa == kIsaAvx512) {
+      mm_panels(isa, dg2, true, xh2.narrow(1, 0, I), d_w_ih);  // d_gates^T @ [x]
+      mm_panels(isa, dg2, true, xh2.narrow(1, I, H), d_w_hh);  // d_gates^T @ [h_prev]
+    } else {
       d_w_ih.copy_(at::mm(dg2.t(), xh2.narrow(1, 0, I)));
       d_w_hh.copy_(at::mm(dg2.t(), xh2.narrow(1, I, H)));
     }
