@@ -89,8 +89,9 @@ def save(payload: dict[str, Any], path: str | Path) -> None:
                               f"{kept}. Free disk space or choose another --run-dir") from exc
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file without executing code from it."""
+def load(path: str | Path, entry: str = "model") -> dict[str, Any]:
+    """Load a checkpoint file (or another file written by `save` holding `entry`) without
+    executing code from it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
@@ -108,9 +109,16 @@ def load(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # any other failure of the unpickler: a damaged or foreign file
         raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({exc}); use "
                               f"another checkpoint of the run") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
-        raise CheckpointError(f"checkpoint {path}: not an s2s checkpoint (format {FORMAT})")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or entry not in payload:
+        kind = "checkpoint" if entry == "model" else f"file with an '{entry}' entry"
+        raise CheckpointError(f"checkpoint {path}: not an s2s {kind} (format {FORMAT})")
     return payload
+
+
+def run_dir_of(file: str | Path) -> Path:
+    """The run directory a checkpoint file belongs to (RUN for RUN/checkpoints/X.pt)."""
+    parent = Path(file).parent
+    return parent.parent if parent.name == CHECKPOINT_DIR else parent
 
 
 def resolve(path: str | Path) -> Path:
@@ -144,7 +152,7 @@ def average_run(run_dir: str | Path, last: int, output: str | Path) -> list[int]
         for k, v in model.items():
             total[k] += v.double()
     averaged = {k: (v / len(steps)).to(newest["model"][k].dtype) for k, v in total.items()}
-    keep = ("config", "spm", "cell", "versions", "step")
+    keep = ("config", "spm", "cell", "versions", "step", "lexicon")
     save({**{k: newest[k] for k in keep if k in newest}, "model": averaged,
           "averaged_steps": steps}, output)
     return steps

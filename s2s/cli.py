@@ -93,6 +93,29 @@ def average(run: str, last: int, output: str) -> None:
     click.echo(f"averaged steps {', '.join(map(str, steps))} into {output}", err=True)
 
 
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a value of the run's config, e.g. --set data.dir=PATH.")
+def lexicon(run: str, overrides: tuple[str, ...]) -> None:
+    """(Re)build RUN's target-vocabulary lexicon (for `s2s translate --shortlist`) from its
+    training data; runs trained by this version have one already."""
+    from s2s import config, shortlist, train as training
+    from s2s.tokenizer import Tokenizer
+
+    cfg_file = Path(run) / training.CONFIG_FILE
+    if not cfg_file.is_file() or not Tokenizer.exists(run):
+        raise DataError(f"{run}: no {training.CONFIG_FILE} or SentencePiece model; is it a run "
+                        f"directory written by `s2s train`?")
+    cfg = config.load(cfg_file, overrides)
+    say = lambda message: click.echo(message, err=True)  # noqa: E731
+    tokenizer, train_data, _ = training.prepare(cfg, Path(run), say)
+    built = training.build_lexicon(tokenizer, train_data, cfg.train.seed, say)
+    shortlist.save(built, Path(run) / shortlist.LEXICON_FILE)
+    click.echo(f"wrote {Path(run) / shortlist.LEXICON_FILE}; `s2s translate RUN --shortlist K` "
+               f"uses it", err=True)
+
+
 def _open_input(path: str):
     try:
         return sys.stdin.buffer if path == "-" else open(path, "rb")
@@ -150,6 +173,12 @@ def _open_output(path: str):
               default="auto", show_default=True,
               help="auto: bf16 where the CPU/GPU computes it natively, else fp32; int8: dynamic "
                    "int8 products (CPU), fastest (docs/benchmarks.md has BLEU and speed).")
+@click.option("--shortlist", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Search each batch over the K best translations of its source pieces (the "
+                   "run's lexicon) plus the --shortlist-frequent most frequent target pieces: "
+                   "faster, approximate (0: the whole vocabulary).")
+@click.option("--shortlist-frequent", type=click.IntRange(min=0), default=500,
+              show_default=True, help="Most frequent target pieces every shortlist keeps.")
 @click.option("--threads", type=click.IntRange(min=0), default=0,
               help="torch threads (0: torch's default).")
 def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: int, nbest: int,
@@ -157,7 +186,7 @@ def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: 
               max_len_a: float, max_len_b: int, sample: bool, temperature: float, top_k: int,
               top_p: float, seed: int | None, output_scores: bool, output_alignments: bool,
               batch_size: int, max_tokens: int, max_src_len: int | None, precision: str,
-              threads: int) -> None:
+              shortlist: int, shortlist_frequent: int, threads: int) -> None:
     """Translate with MODELS (run directories or checkpoint files; several: an ensemble).
 
     Writes exactly one line per input line: the translation, or a JSON object with
@@ -175,7 +204,8 @@ def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: 
                    coverage_penalty=coverage_penalty, min_len=min_len, max_len_a=max_len_a,
                    max_len_b=max_len_b, sampling=sample, temperature=temperature, top_k=top_k,
                    top_p=top_p, seed=seed, attention=output_alignments,
-                   max_tokens=max_tokens, max_src_len=max_src_len, precision=precision)
+                   max_tokens=max_tokens, max_src_len=max_src_len, precision=precision,
+                   shortlist=shortlist, shortlist_frequent=shortlist_frequent)
     json_lines = output_scores or output_alignments or nbest > 1
     source = _open_input(input_path)
     try:

@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import Iterator
 
@@ -309,17 +310,29 @@ def _quantized_ops() -> str | None:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def _pack_int8(weight: Tensor, bias: Tensor | None):
-    """weight [O, I] -> int8 per output channel (symmetric: scale = max |w| / 127), packed for
-    torch's dynamic int8 linear with its float32 bias [O]."""
-    w = weight.detach().float().contiguous()
+def _quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """weight [O, I] -> int8 values [O, I] and float64 scales [O], symmetric per output
+    channel: scale = max |w| / 127."""
+    w = weight.detach().float()
     scales = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()  # [O]
-    zeros = torch.zeros(w.shape[0], dtype=torch.long)
+    q = torch.round(w / scales.unsqueeze(1)).clamp_(-127, 127).to(torch.int8)
+    return q.contiguous(), scales
+
+
+def _pack_quantized(q: Tensor, scales: Tensor, bias: Tensor | None):
+    """int8 values [O, I] with their scales [O] packed for torch's dynamic int8 linear, with
+    its float32 bias [O]."""
+    zeros = torch.zeros(q.shape[0], dtype=torch.long)
     with warnings.catch_warnings():  # torch marks quantized tensors deprecated (2.13)
         warnings.simplefilter("ignore")
-        q = torch.quantize_per_channel(w, scales, zeros, 0, torch.qint8)
+        qw = torch._make_per_channel_quantized_tensor(q.contiguous(), scales, zeros, 0)
     return torch.ops.quantized.linear_prepack(
-        q, None if bias is None else bias.detach().float().contiguous())
+        qw, None if bias is None else bias.detach().float().contiguous())
+
+
+def _pack_int8(weight: Tensor, bias: Tensor | None):
+    """weight [O, I] -> int8 per output channel, packed with its bias (see _quantize_int8)."""
+    return _pack_quantized(*_quantize_int8(weight), bias)
 
 
 def _reduce_range() -> bool:
@@ -359,17 +372,54 @@ def _int8_usable(x: Tensor, weight: Tensor) -> bool:
         and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
 
 
+def _memo(cache: dict, tag: str, tensors: list[Tensor], make):
+    """`make()` computed once per identity and version of `tensors` and kept in `cache`:
+    made again when one changes in place (version) or gets new storage (data pointer), and
+    dropped when one of them is freed (tensors made per batch, e.g. a shortlist)."""
+    key = (tag, *(id(t) for t in tensors))
+    stamp = tuple((t._version, t.data_ptr()) for t in tensors)
+    entry = cache.get(key)
+    if entry is None or entry[0] != stamp or any(r() is not t for r, t in zip(entry[1], tensors)):
+        refs = [weakref.ref(t) for t in tensors]
+        entry = cache[key] = (stamp, refs, make())
+        for t in tensors:
+            weakref.finalize(t, _forget, cache, key, refs)
+    return entry[2]
+
+
+def _forget(cache: dict, key: tuple, refs: list) -> None:
+    entry = cache.get(key)
+    if entry is not None and entry[1] is refs:
+        del cache[key]
+
+
+_rows_cache: dict = {}  # float32 row subsets of linear_rows
+
+
+def linear_rows(x: Tensor, weight: Tensor, bias: Tensor, rows: Tensor) -> Tensor:
+    """linear(x, weight[rows], bias[rows]) for a row subset rows [O'] used at many calls (a
+    shortlist of the output layer): the subset is taken (inside `int8()`: packed from the
+    weight quantized once) once per `rows` tensor. No autograd through the subset."""
+    if _int8_usable(x, weight):
+        cache, reduce_range = _int8_local.cache
+        q, scales = _memo(cache, "quantized", [weight], lambda: _quantize_int8(weight))
+        packed = _memo(cache, "rows", [weight, bias, rows], lambda: _pack_quantized(
+            q.index_select(0, rows), scales.index_select(0, rows), bias.index_select(0, rows)))
+        flat = x.reshape(-1, x.shape[-1]).contiguous()  # [N, I]
+        return torch.ops.quantized.linear_dynamic(flat, packed, reduce_range).view(
+            *x.shape[:-1], len(rows))
+    with torch.no_grad():
+        sub_w, sub_b = _memo(_rows_cache, "rows", [weight, bias, rows], lambda: (
+            weight.index_select(0, rows), bias.index_select(0, rows)))
+    return linear(x, sub_w, sub_b)
+
+
 def _int8_linear(xs: list[Tensor], weights: list[Tensor], biases: list[Tensor | None]
                  ) -> Tensor:
     cache, reduce_range = _int8_local.cache
     tensors = [t for t in (*weights, *biases) if t is not None]
-    key = tuple(id(t) for t in (*weights, *biases))
-    # repacked when a tensor changes in place (version) or gets new storage (data pointer)
-    stamp = tuple((t._version, t.data_ptr()) for t in tensors)
-    entry = cache.get(key)
-    if entry is None or entry[0] != stamp or any(a is not b for a, b in zip(entry[1], tensors)):
-        entry = cache[key] = (stamp, tensors, _pack_int8(*joined(weights, biases)))
+    packed = _memo(cache, "linear", tensors, lambda: _pack_int8(*joined(weights, biases)))
     x = torch.cat(xs, dim=-1) if len(xs) > 1 else xs[0]
     flat = x.reshape(-1, x.shape[-1]).contiguous()  # [N, I]
-    out = torch.ops.quantized.linear_dynamic(flat, entry[2], reduce_range)
+    out = torch.ops.quantized.linear_dynamic(flat, packed, reduce_range)
     return out.view(*x.shape[:-1], out.shape[-1])

@@ -67,12 +67,14 @@ def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
     return (src_lengths.float() * a + b).floor().long().clamp(min=1)
 
 
-def _restrict(log_probs: Tensor, t: int, limits: Tensor, min_len: int) -> Tensor:
-    """At step t (0-based): only EOS where the limit is reached; no EOS before min_len."""
+def _restrict(log_probs: Tensor, t: int, limits: Tensor, min_len: int, eos: int = EOS
+              ) -> Tensor:
+    """At step t (0-based): only EOS (column `eos`) where the limit is reached; no EOS before
+    min_len."""
     at_limit = limits <= t + 1  # [N]
     if t >= min_len and not bool(at_limit.any()):
         return log_probs  # the common case: nothing to restrict
-    eos_col = torch.arange(log_probs.shape[1], device=log_probs.device) == EOS  # [V]
+    eos_col = torch.arange(log_probs.shape[1], device=log_probs.device) == eos  # [V]
     at_limit = at_limit.unsqueeze(1)  # [N, 1]
     log_probs = torch.where(at_limit & ~eos_col, float("-inf"), log_probs)
     if t < min_len:
@@ -80,11 +82,19 @@ def _restrict(log_probs: Tensor, t: int, limits: Tensor, min_len: int) -> Tensor
     return log_probs
 
 
+def _eos_column(vocab: Tensor | None) -> int:
+    """EOS's column in the log-probabilities: its id, or its position in a shortlist."""
+    return EOS if vocab is None else int(torch.searchsorted(vocab, EOS))
+
+
 @torch.no_grad()
 def greedy(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions = SearchOptions(),
-           generator: torch.Generator | None = None) -> list[list[Hypothesis]]:
+           generator: torch.Generator | None = None, vocab: Tensor | None = None
+           ) -> list[list[Hypothesis]]:
     """Argmax decoding (or sampling, with opts.sampling, drawing from `generator`) with a
-    shrinking batch: sentences that end leave it."""
+    shrinking batch: sentences that end leave it. `vocab`: a shortlist (sorted target ids,
+    EOS among them) the search is restricted to."""
+    eos = _eos_column(vocab)
     enc, state = model.encode(src, src_lengths)
     device, batch = src.device, src.shape[0]
     limits = max_lengths(src_lengths, opts.max_len_a, opts.max_len_b).to(device)
@@ -96,19 +106,20 @@ def greedy(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions = Search
     attn = [] if opts.attention else None  # per step: [B_t, S] rows of the active sentences
     attn_rows: list[Tensor] = []  # per step: which sentence each row belongs to
     for t in range(int(limits.max())):
-        log_probs, state, weights = model.step(tokens, enc, state)  # [B, V]
-        log_probs = _restrict(log_probs, t, limits[active], opts.min_len)
+        log_probs, state, weights = model.step(tokens, enc, state, vocab)  # [B, V]
+        log_probs = _restrict(log_probs, t, limits[active], opts.min_len, eos)
         if opts.sampling:
-            tokens = _sample(log_probs, opts, generator)
-            best = log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+            columns = _sample(log_probs, opts, generator)
+            best = log_probs.gather(1, columns.unsqueeze(1)).squeeze(1)
         else:
-            best, tokens = log_probs.max(dim=-1)  # [B]
+            best, columns = log_probs.max(dim=-1)  # [B]
+        ended = columns == eos
+        tokens = columns if vocab is None else vocab[columns]  # target ids
         scores = scores + best
         history = torch.cat([history, tokens.unsqueeze(1)], dim=1)
         if attn is not None:
             attn.append(weights.float())
             attn_rows.append(active)
-        ended = tokens == EOS
         if ended.any():
             for row in ended.nonzero().flatten().tolist():
                 length = history.shape[1]
@@ -167,16 +178,18 @@ def _sample(log_probs: Tensor, opts: SearchOptions, generator) -> Tensor:
 
 
 @torch.no_grad()
-def beam_search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions
-                ) -> list[list[Hypothesis]]:
+def beam_search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions,
+                vocab: Tensor | None = None) -> list[list[Hypothesis]]:
     """Batched beam search over [B*K] rows.
 
     A hypothesis finishes when EOS is among the K best candidates of its sentence (so beam 1
     equals greedy). Live hypotheses are ranked by log-probability; finished ones by score. A
     sentence is done when its n-th best finished score is at least the best score any live
     hypothesis could still reach (log-probabilities only fall, the length penalty is largest at
-    the length limit and the coverage penalty is at most 0), so the search is exact."""
+    the length limit and the coverage penalty is at most 0), so the search is exact (over
+    the shortlist `vocab`, sorted target ids with EOS among them, when given)."""
     device, batch, k = src.device, src.shape[0], opts.beam
+    eos = _eos_column(vocab)
     nbest = min(opts.nbest, k)
     enc, state = model.encode(src, src_lengths)
     expand = torch.arange(batch, device=device).repeat_interleave(k)  # [B*K]
@@ -195,17 +208,18 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions
     active = torch.arange(batch, device=device)
     lp_limit = length_penalty(limits, opts.length_penalty, opts.alpha)  # [B]
     for t in range(int(limits.max())):
-        log_probs, state, weights = model.step(tokens, enc, state)  # [B*K, V]
-        vocab, n = log_probs.shape[1], len(active)
-        log_probs = _restrict(log_probs, t, limits[active].repeat_interleave(k), opts.min_len)
+        log_probs, state, weights = model.step(tokens, enc, state, vocab)  # [B*K, V]
+        width, n = log_probs.shape[1], len(active)
+        log_probs = _restrict(log_probs, t, limits[active].repeat_interleave(k), opts.min_len,
+                              eos)
         if track:
             coverage = coverage + weights.float()
         if attn is not None:
             attn = torch.cat([attn, weights.float().unsqueeze(1)], dim=1)
-        cand = (scores.view(-1, 1) + log_probs).view(n, k * vocab)  # [B, K*V]
-        top_s, top_i = cand.topk(min(2 * k, k * vocab), dim=1)  # [B, 2K]
-        from_beam, token = top_i // vocab, top_i % vocab
-        is_eos = token == EOS
+        cand = (scores.view(-1, 1) + log_probs).view(n, k * width)  # [B, K*V]
+        top_s, top_i = cand.topk(min(2 * k, k * width), dim=1)  # [B, 2K]
+        from_beam, token = top_i // width, top_i % width  # token: a column of log_probs
+        is_eos = token == eos
         # finished hypotheses: EOS among the K best candidates
         eos_rows, eos_cols = (is_eos[:, :k] & top_s[:, :k].isfinite()).nonzero(as_tuple=True)
         if eos_rows.numel():
@@ -230,6 +244,7 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions
         rows = (torch.arange(n, device=device).unsqueeze(1) * k
                 + from_beam.gather(1, pick)).view(-1)  # [B*K]
         tokens = token.gather(1, pick).view(-1)
+        tokens = tokens if vocab is None else vocab[tokens]  # target ids
         history = torch.cat([history.index_select(0, rows), tokens.unsqueeze(1)], dim=1)
         state, scores = model.reorder(state, rows), live_s
         if coverage is not None:
@@ -266,22 +281,24 @@ def sampler(opts: SearchOptions, device: torch.device | str = "cpu") -> torch.Ge
 
 
 def search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions = SearchOptions(),
-           generator: torch.Generator | None = None) -> list[list[Hypothesis]]:
+           generator: torch.Generator | None = None, vocab: Tensor | None = None
+           ) -> list[list[Hypothesis]]:
     """Up to opts.nbest hypotheses per sentence, best first. Sampling draws from `generator`
-    (default: `sampler(opts)`, a new one per call)."""
+    (default: `sampler(opts)`, a new one per call). `vocab`: restrict the output to these
+    target ids (a shortlist: sorted, EOS among them; see s2s.shortlist)."""
     if opts.sampling:
         generator = generator if generator is not None else sampler(opts, src.device)
         if opts.nbest <= 1:
-            return greedy(model, src, src_lengths, opts, generator)
+            return greedy(model, src, src_lengths, opts, generator, vocab)
         repeat = torch.arange(src.shape[0]).repeat_interleave(opts.nbest)
         samples = greedy(model, src.index_select(0, repeat.to(src.device)),
                          src_lengths.index_select(0, repeat.to(src_lengths.device)), opts,
-                         generator)
+                         generator, vocab)
         return [sorted((s[0] for s in samples[i * opts.nbest:(i + 1) * opts.nbest]),
                        key=lambda h: -h.score) for i in range(src.shape[0])]
     if opts.beam <= 1 and not opts.coverage_penalty:
-        return greedy(model, src, src_lengths, opts)
-    return beam_search(model, src, src_lengths, opts)
+        return greedy(model, src, src_lengths, opts, vocab=vocab)
+    return beam_search(model, src, src_lengths, opts, vocab)
 
 
 @torch.no_grad()
@@ -308,8 +325,8 @@ class Ensemble:
         pairs = [m.encode(src, src_lengths) for m in self.models]
         return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
 
-    def step(self, tokens: Tensor, enc, state):
-        outs = [m.step(tokens, e, s) for m, e, s in zip(self.models, enc, state)]
+    def step(self, tokens: Tensor, enc, state, vocab: Tensor | None = None):
+        outs = [m.step(tokens, e, s, vocab) for m, e, s in zip(self.models, enc, state)]
         log_probs = torch.stack([o[0] for o in outs]).mean(dim=0)
         weights = torch.stack([o[2].float() for o in outs]).mean(dim=0)
         return log_probs, tuple(o[1] for o in outs), weights

@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from s2s import __version__, checkpoint, config, evaluate, gemm, precision as precisions
+from s2s import __version__, checkpoint, config, evaluate, gemm, precision as precisions, \
+    shortlist
 from s2s.batching import bucket_batches, collate
 from s2s.cells import registry
 from s2s.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -95,6 +96,7 @@ def _encode(ds, tokenizer: Tokenizer, max_len: int, name: str, say: Callable[[st
 
 def prepare(cfg: config.Config, run_dir: Path, say: Callable[[str], None]
             ) -> tuple[Tokenizer, Corpus, Corpus]:
+    """The run's tokenizer (trained unless the run has one) and its encoded splits."""
     from s2s import data
 
     train_raw = data.load_split(cfg.data, cfg.data.train)
@@ -113,6 +115,13 @@ def prepare(cfg: config.Config, run_dir: Path, say: Callable[[str], None]
     valid.raw_src, valid.raw_tgt = list(valid_raw["src"]), list(valid_raw["tgt"])
     return tokenizer, train, valid
 
+
+def build_lexicon(tokenizer: Tokenizer, train: Corpus, seed: int,
+                  say: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """The target-vocabulary lexicon of `s2s translate --shortlist`, from the encoded training
+    split (stored in every checkpoint; `s2s lexicon` rebuilds it for older runs)."""
+    return shortlist.build_for(train.data, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size,
+                               seed, say)
 
 
 def _cell_info(name: str) -> dict[str, str]:
@@ -263,6 +272,9 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config.dump(cfg, self.run_dir / CONFIG_FILE)
         self.tokenizer, self.train_data, self.valid_data = prepare(cfg, self.run_dir, self._say)
+        kept = (self.resume_from or {}).get("lexicon")  # a resumed run keeps its lexicon
+        self.lexicon = kept if kept is not None else build_lexicon(
+            self.tokenizer, self.train_data, cfg.train.seed, self._say)
         self.model = Seq2Seq(cfg.model, self.tokenizer.src_vocab_size,
                              self.tokenizer.tgt_vocab_size)
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -426,6 +438,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "config": config.to_dict(self.cfg),
             "spm": self.tokenizer.to_bytes(),
+            "lexicon": self.lexicon,  # for translate --shortlist (s2s.shortlist)
             "step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
             "best_kept": self.best_kept, "bad_validations": self.bad_validations,
             "nonfinite": self.nonfinite, "skipped": self.skipped,

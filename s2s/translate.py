@@ -16,13 +16,14 @@ from typing import IO, Iterable, Iterator
 
 import torch
 
-from s2s import checkpoint, config, precision as precisions, search
+from s2s import checkpoint, config, precision as precisions, search, shortlist as shortlists
 from s2s.batching import collate
 from s2s.errors import CheckpointError, ConfigError
 from s2s.model import Seq2Seq
 from s2s.tokenizer import Tokenizer
 
 log = logging.getLogger("s2s")
+DEFAULT_FREQUENT = 500  # --shortlist-frequent: the most frequent target pieces always kept
 
 
 def _batches(lengths: list[int], batch_size: int, max_tokens: int) -> Iterator[list[int]]:
@@ -42,12 +43,14 @@ def _batches(lengths: list[int], batch_size: int, max_tokens: int) -> Iterator[l
 
 def search_lines(model, tokenizer: Tokenizer, lines: list[str], opts: search.SearchOptions, *,
                  batch_size: int = 64, max_tokens: int = 0, max_src_len: int = 0,
-                 first_line: int = 1, precision: str = "fp32", int8_cache: dict | None = None
+                 first_line: int = 1, precision: str = "fp32", int8_cache: dict | None = None,
+                 shortlist: tuple[dict, int, int] | None = None
                  ) -> tuple[list[list[int]], list[list[search.Hypothesis]]]:
     """Search every line (already decoded text): (source pieces, up to opts.nbest hypotheses)
     per line, in input order. An empty line gets one empty hypothesis; `max_src_len` > 0
     truncates longer sources (in pieces) with a warning. `precision` is a resolved one
-    (fp32, bf16: autocast, int8: int8 products with weights packed into `int8_cache`)."""
+    (fp32, bf16: autocast, int8: int8 products with weights packed into `int8_cache`).
+    `shortlist` (lexicon, k, frequent): search each batch over its shortlist only."""
     pieces = tokenizer.encode_src(lines)
     for i, ids in enumerate(pieces):
         if max_src_len and len(ids) > max_src_len:
@@ -64,9 +67,11 @@ def search_lines(model, tokenizer: Tokenizer, lines: list[str], opts: search.Sea
     try:
         for rows in _batches([len(p) for p in pieces], batch_size, max_tokens):
             batch = collate([pieces[i] for i in rows])
+            vocab = None if shortlist is None else shortlists.select(shortlist[0], batch.src,
+                                                                    *shortlist[1:]).to(device)
             with precisions.compute(precision, device, int8_cache=int8_cache):
                 hyps = search.search(model, batch.src.to(device), batch.src_lengths, opts,
-                                     generator)
+                                     generator, vocab)
             for i, found in zip(rows, hyps):
                 results[i] = found
     finally:
@@ -110,14 +115,21 @@ class Translator:
     """Loaded model(s) ready to translate: `Translator.from_run(path).translate(lines, beam=5)`.
     Several checkpoints sharing their SentencePiece model(s) form an ensemble."""
 
-    def __init__(self, model, tokenizer: Tokenizer, cfg: config.Config) -> None:
+    def __init__(self, model, tokenizer: Tokenizer, cfg: config.Config,
+                 lexicon: dict | None = None, where: str = "the model",
+                 lexicon_file: Path | None = None) -> None:
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        # the target-vocabulary lexicon of --shortlist (s2s.shortlist): the run's lexicon file
+        # (`s2s lexicon`) if there is one, else the checkpoint's; checked on first use
+        self._lexicon, self._lexicon_file, self.where = lexicon, lexicon_file, where
         self._int8: dict = {}  # packed int8 weights (--precision int8), made on first use
         for m in _members(model):
             m.eval()
 
     @classmethod
-    def from_checkpoint(cls, payload: dict, where: str = "checkpoint") -> "Translator":
+    def from_checkpoint(cls, payload: dict, where: str = "checkpoint",
+                        lexicon_file: Path | None = None) -> "Translator":
+        """`lexicon_file`: a lexicon used instead of the checkpoint's, if it exists."""
         try:
             cfg = config.from_dict(payload["config"], source=f"{where}: stored config")
             tokenizer = Tokenizer.from_bytes(payload["spm"])
@@ -130,7 +142,7 @@ class Translator:
         except RuntimeError as exc:
             raise CheckpointError(f"{where}: weights do not fit the stored model config: "
                                   f"{str(exc).splitlines()[0]}") from exc
-        return cls(model, tokenizer, cfg)
+        return cls(model, tokenizer, cfg, payload.get("lexicon"), where, lexicon_file)
 
     @classmethod
     def from_run(cls, path: str | Path | list[str | Path]) -> "Translator":
@@ -141,7 +153,11 @@ class Translator:
         for item in paths:
             file = checkpoint.resolve(item)
             payload = checkpoint.load(file)
-            members.append((file, payload.get("spm"), cls.from_checkpoint(payload, str(file))))
+            # a lexicon (re)built by `s2s lexicon` (runs from before lexicons were in
+            # checkpoints have only that)
+            lexicon = checkpoint.run_dir_of(file) / shortlists.LEXICON_FILE
+            members.append((file, payload.get("spm"),
+                            cls.from_checkpoint(payload, str(file), lexicon)))
         if len(members) == 1:
             return members[0][2]
         first_file, first_spm, first = members[0]
@@ -150,23 +166,28 @@ class Translator:
                 raise CheckpointError(f"{file} and {first_file} do not share their SentencePiece "
                                       f"model(s); an ensemble's members must use the same "
                                       f"vocabularies")
-        return cls(search.Ensemble([m.model for _, _, m in members]), first.tokenizer, first.cfg)
+        return cls(search.Ensemble([m.model for _, _, m in members]), first.tokenizer, first.cfg,
+                   first._lexicon, first.where, first._lexicon_file)
 
     def search(self, lines: list[str], *, batch_size: int = 64, max_tokens: int = 0,
                max_src_len: int | None = None, first_line: int = 1, precision: str = "auto",
+               shortlist: int = 0, shortlist_frequent: int = DEFAULT_FREQUENT,
                **options) -> list[list[dict]]:
         """Up to `nbest` results per line, best first: dicts with translation, score,
         log_prob (and with attention=True: alignment [target piece][source piece],
         source_pieces, target_pieces). Options are SearchOptions' fields; `precision` is one
         of s2s.precision.INFER_CHOICES (auto: bf16 where the hardware has it natively, else
-        fp32; int8: dynamic int8 products)."""
+        fp32; int8: dynamic int8 products). `shortlist` k > 0: each batch searches only the
+        k best translations of its source pieces (the run's lexicon) and the
+        `shortlist_frequent` most frequent target pieces; scores are normalised over them."""
         opts = search.SearchOptions(**options)
+        lexicon = (self.lexicon(), shortlist, shortlist_frequent) if shortlist else None
         limit = self.cfg.data.max_len * 2 if max_src_len is None else max_src_len
         pieces, hyps = search_lines(self.model, self.tokenizer, lines, opts,
                                     batch_size=batch_size, max_tokens=max_tokens,
                                     max_src_len=limit, first_line=first_line,
                                     precision=self.resolve_precision(precision),
-                                    int8_cache=self._int8)
+                                    int8_cache=self._int8, shortlist=lexicon)
         flat = [h for found in hyps for h in found]
         texts = iter(self.tokenizer.decode_tgt([h.tokens for h in flat]))
         out = []
@@ -190,6 +211,20 @@ class Translator:
         found = self.search(lines, beam=beam, batch_size=batch_size, max_src_len=max_src_len,
                             first_line=first_line, **options)
         return [items[0]["translation"] for items in found]
+
+    def lexicon(self) -> dict:
+        """The target-vocabulary lexicon of --shortlist (CheckpointError if there is none)."""
+        vocab = self.tokenizer.tgt_vocab_size
+        if self._lexicon_file is not None:
+            where, self._lexicon_file = self._lexicon_file, None
+            self._lexicon = shortlists.load(where, vocab) or self._lexicon
+        if self._lexicon is not None:
+            self._lexicon = shortlists.checked(self._lexicon, self.where, vocab)
+        else:
+            raise CheckpointError(f"--shortlist: {self.where} has no target-vocabulary lexicon "
+                                  f"(trained before s2s had them); build one with `s2s lexicon "
+                                  f"RUN`, or leave --shortlist off")
+        return self._lexicon
 
     @property
     def device(self) -> torch.device:

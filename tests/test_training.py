@@ -171,6 +171,9 @@ def test_resume_extends_the_step_budget(reference, tmp_path):
     shutil.copytree(reference, run)
     result = resume(run, overrides=[f"train.max_steps={STEPS + 10}"], console=False)
     assert result["step"] == STEPS + 10
+    before = checkpoint.load(reference / "checkpoints" / "last.pt")["lexicon"]
+    after = checkpoint.load(run / "checkpoints" / "last.pt")["lexicon"]  # kept, not rebuilt
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 @pytest.mark.slow

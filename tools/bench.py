@@ -10,7 +10,8 @@ training steps, the peers' own counter; peak_rss_mb = this process's peak). Tran
 as the peer scripts time theirs): translate_sents_s[beam] = input lines / wall seconds.
 Set threads with --threads (default 2, the machine's cores); never run two benchmarks at once.
 `--translate-precision {auto,fp32,bf16,int8} --translate-batch-size 128` are passed to
-`s2s translate` (repeat --translate-precision to time several, each with every beam);
+`s2s translate` (repeat --translate-precision to time several, each with every beam), as is
+`--translate-shortlist K` (repeatable; 0: the whole vocabulary; keys gain "/slK");
 `--skip-train --run-dir RUN` translates with an already trained run.
 """
 from __future__ import annotations
@@ -40,6 +41,8 @@ def main() -> None:
     parser.add_argument("--translate-precision", choices=["auto", "fp32", "bf16", "int8"],
                         action="append", default=[], help="s2s translate --precision "
                         "(repeatable; default auto)")
+    parser.add_argument("--translate-shortlist", type=int, action="append", default=[],
+                        help="s2s translate --shortlist K (repeatable; 0: off)")
     parser.add_argument("--translate-batch-size", type=int, default=64,
                         help="s2s translate --batch-size")
     parser.add_argument("--run-dir", help="keep the run here (default: a temporary directory)")
@@ -89,24 +92,26 @@ def main() -> None:
     if args.translate:
         n_lines = sum(1 for _ in open(args.translate, "rb"))
         out["translate_sents_s"], out["translate_wall_s"], out["bleu"] = {}, {}, {}
-        for prec in args.translate_precision or ["auto"]:
-            for beam in args.beam or [1]:
-                key = f"{prec}/beam{beam}"
-                hyp = run_dir / f"hyp.{prec}.beam{beam}.txt"
-                started = time.monotonic()
-                subprocess.run([sys.executable, "-m", "s2s", "translate", str(run_dir), "-i",
-                                args.translate, "-o", str(hyp), "--beam", str(beam),
-                                "--threads", str(args.threads), "--precision", prec,
-                                "--batch-size", str(args.translate_batch_size)], check=True)
-                wall = time.monotonic() - started
-                out["translate_wall_s"][key] = round(wall, 2)
-                out["translate_sents_s"][key] = round(n_lines / wall, 1)
-                if args.reference:
-                    from s2s import evaluate
-                    from s2s.data import read_lines
+        runs = [(p, b, k) for p in args.translate_precision or ["auto"]
+                for k in args.translate_shortlist or [0] for b in args.beam or [1]]
+        for prec, beam, k in runs:
+            key = f"{prec}/beam{beam}" + (f"/sl{k}" if k else "")
+            hyp = run_dir / f"hyp.{key.replace('/', '.')}.txt"
+            started = time.monotonic()
+            subprocess.run([sys.executable, "-m", "s2s", "translate", str(run_dir), "-i",
+                            args.translate, "-o", str(hyp), "--beam", str(beam),
+                            "--threads", str(args.threads), "--precision", prec,
+                            "--shortlist", str(k),
+                            "--batch-size", str(args.translate_batch_size)], check=True)
+            wall = time.monotonic() - started
+            out["translate_wall_s"][key] = round(wall, 2)
+            out["translate_sents_s"][key] = round(n_lines / wall, 1)
+            if args.reference:
+                from s2s import evaluate
+                from s2s.data import read_lines
 
-                    scores = evaluate.score(read_lines(hyp), read_lines(args.reference))
-                    out["bleu"][key] = round(scores["bleu"].score, 2)
+                scores = evaluate.score(read_lines(hyp), read_lines(args.reference))
+                out["bleu"][key] = round(scores["bleu"].score, 2)
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         out["translate_peak_rss_mb"] = round(children, 1)
     print(json.dumps(out))

@@ -74,12 +74,15 @@ class Seq2Seq(nn.Module):
         keys = self.decoder.attention.keys(memory)
         return EncoderOut(memory, keys, mask), DecoderState(layers, feed)
 
-    def step(self, tokens: Tensor, enc: EncoderOut, state: DecoderState
-             ) -> tuple[Tensor, DecoderState, Tensor]:
-        """tokens [B] (previous target ids) -> (log-probabilities [B, V], state, attention [B, S])."""
+    def step(self, tokens: Tensor, enc: EncoderOut, state: DecoderState,
+             vocab: Tensor | None = None) -> tuple[Tensor, DecoderState, Tensor]:
+        """tokens [B] (previous target ids) -> (log-probabilities [B, V], state, attention [B, S]).
+        With `vocab` (sorted target ids [V'], a shortlist) the log-probabilities are [B, V'],
+        normalised over those ids only."""
         emb = self.decoder.dropout(self.decoder.embed(tokens))  # [B, E]
         out, layers, weights = self.decoder.step(emb, state.layers, state.feed, *enc)
-        log_probs = torch.log_softmax(self.logits(out), dim=-1, dtype=torch.float32)  # [B, V]
+        logits = self.logits(out, vocab)  # [B, V or V']
+        log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
         return log_probs, DecoderState(layers, out), weights
 
     @staticmethod
@@ -87,11 +90,13 @@ class Seq2Seq(nn.Module):
         return reorder(obj, index)
 
     # -- training --------------------------------------------------------------------------------
-    def logits(self, hidden: Tensor) -> Tensor:
-        """[..., H] -> [..., V]"""
+    def logits(self, hidden: Tensor, vocab: Tensor | None = None) -> Tensor:
+        """[..., H] -> [..., V] (or [..., V'] over the target ids `vocab` [V'])"""
         if self.project is not None:
             hidden = gemm.linear(hidden, self.project.weight)
-        return gemm.linear(hidden, self.generator.weight, self.generator.bias)
+        if vocab is None:
+            return gemm.linear(hidden, self.generator.weight, self.generator.bias)
+        return gemm.linear_rows(hidden, self.generator.weight, self.generator.bias, vocab)
 
     def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing: src [B, S], tgt_in [B, T] -> decoder outputs [B, T, H]
