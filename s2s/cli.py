@@ -191,7 +191,7 @@ def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: 
 
     Writes exactly one line per input line: the translation, or a JSON object with
     --output-scores / --output-alignments / --nbest > 1."""
-    from s2s.runtime import set_threads, tune_allocator
+    from s2s.ops.runtime import set_threads, tune_allocator
     from s2s.translate import Translator
 
     if nbest > beam and not sample:

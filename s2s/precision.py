@@ -6,8 +6,8 @@
   emulated: products ran 4-5x slower than fp32 on an AVX2 EPYC (docs/benchmarks.md).
 - `fp32`, `bf16`: as asked; `bf16` where it is emulated warns once that it is slow.
 - `int8` (inference only: `s2s translate` / `score`): dynamic int8 products for every weight
-  that goes through `s2s.gemm` (decoder cell steps, attention, output layer; see
-  `s2s.gemm.int8`), with the cells' state math and the encoder's sequence pass in fp32.
+  that goes through `s2s.ops.gemm` (decoder cell steps, attention, output layer; see
+  `s2s.ops.quantized`), with the cells' state math and the encoder's sequence pass in fp32.
 
 `resolve` says what it chose, once per process and choice, on the `s2s` logger.
 """
@@ -22,6 +22,8 @@ from typing import ContextManager
 
 import torch
 
+from s2s.ops.runtime import cpu_flags, cpu_kind  # noqa: F401  (re-exported)
+
 log = logging.getLogger("s2s")
 
 INFER_CHOICES = ("auto", "fp32", "bf16", "int8")
@@ -31,32 +33,8 @@ _said: set[tuple[str, str, str]] = set()
 
 
 @lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux reports them (x86 `flags`, Arm `Features`); empty
-    where they cannot be read."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip().lower() in ("flags", "features"):
-            return frozenset(value.split())
-    return frozenset()
-
-
-def cpu_kind() -> str:
-    """A short name of the CPU's vector features, as benchmarks and messages name it."""
-    flags = cpu_flags()
-    if not flags:
-        return platform.machine() or "unknown CPU"
-    wanted = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "avx2", "fma", "avx_vnni",
-              "asimd", "sve", "bf16")
-    return "+".join(f for f in wanted if f in flags) or platform.machine()
-
-
 def _onednn_bf16() -> bool:
-    from s2s import gemm
+    from s2s.ops import gemm
 
     return gemm.onednn_bf16()
 
@@ -129,7 +107,7 @@ def compute(precision: str, device: torch.device | str = "cpu", *,
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if precision == "int8":
-        from s2s import gemm
+        from s2s.ops import gemm
 
         return gemm.int8(int8_cache if int8_cache is not None else {})
     return contextlib.nullcontext()

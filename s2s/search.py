@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from s2s.cells.base import length_mask
+from s2s.ops.masks import length_mask
 from s2s.tokenizer import BOS, EOS, PAD
 
 

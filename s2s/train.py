@@ -23,14 +23,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from s2s import __version__, checkpoint, config, evaluate, gemm, precision as precisions, \
-    shortlist
+from s2s import __version__, checkpoint, config, evaluate, precision as precisions, shortlist
+from s2s.ops import gemm
 from s2s.batching import bucket_batches, collate
 from s2s.cells import registry
 from s2s.errors import CheckpointError, ConfigError, DataError, TrainingError
 from s2s.model import Seq2Seq
 from s2s.tokenizer import Tokenizer
-from s2s.runtime import limit_onednn_caches, set_threads, tune_allocator
+from s2s.ops.runtime import limit_onednn_caches, set_threads, tune_allocator
 from s2s.translate import translate_lines
 
 CONFIG_FILE = "config.yaml"

@@ -1,10 +1,10 @@
-"""Deferred weight gradients (s2s.cells.deferred): the same gradients as plain autograd."""
+"""Deferred weight gradients (s2s.ops.deferred): the same gradients as plain autograd."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from s2s.cells import deferred
+from s2s.ops import deferred
 from s2s.config import ModelConfig
 from s2s.model import Seq2Seq
 

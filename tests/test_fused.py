@@ -136,7 +136,7 @@ def _use_products(products: str, monkeypatch) -> None:
     cannot run it."""
     monkeypatch.setenv("S2S_FUSED_PANELS", products)
     if kernels.panel_path() != products:
-        from s2s.precision import cpu_kind
+        from s2s.ops.runtime import cpu_kind
 
         pytest.skip(f"{products} panels need a CPU with {products.upper()}; this one is "
                     f"{cpu_kind()} (runs {kernels.panel_path()})")
@@ -144,7 +144,7 @@ def _use_products(products: str, monkeypatch) -> None:
 
 @needs_kernels
 def test_the_best_panel_build_the_cpu_has_is_the_default(monkeypatch):
-    from s2s.precision import cpu_flags
+    from s2s.ops.runtime import cpu_flags
 
     monkeypatch.delenv("S2S_FUSED_PANELS", raising=False)
     flags = cpu_flags()

@@ -1,4 +1,4 @@
-"""s2s.gemm: the same float32 products as torch, through oneDNN where it is available."""
+"""s2s.ops.gemm: the same float32 products as torch, through oneDNN where it is available."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from s2s import gemm
+from s2s.ops import gemm
 
 LAYOUTS = {
     "contiguous": lambda t: t,
@@ -55,7 +55,7 @@ def test_other_dtypes_and_autocast_use_torch():
 
 
 def test_switch_off_with_environment_variable():
-    code = "from s2s import gemm; print(gemm.available())"
+    code = "from s2s.ops import gemm; print(gemm.available())"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "S2S_GEMM": "torch"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""Precision chosen by the hardware (s2s.precision), int8 inference (s2s.gemm.int8) and the
+"""Precision chosen by the hardware (s2s.precision), int8 inference (s2s.ops.quantized) and the
 GEMM backend measured per CPU."""
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from s2s import checkpoint, config, gemm, precision
+from s2s import checkpoint, config, precision
+from s2s.ops import gemm
 from s2s.cells.gru import GRUCell
 from s2s.cells.lstm import LSTMCell
 from s2s.cli import main
@@ -169,7 +170,7 @@ def test_cell_steps_use_int8_products_inside_the_context(cls):
         ref, _ = cell.step(x, state)
         with gemm.int8(cache):
             out, _ = cell.step(x, state)
-    assert cache, "the cell's weights were not packed: its step bypassed s2s.gemm"
+    assert cache, "the cell's weights were not packed: its step bypassed s2s.ops.gemm"
     assert (out - ref).abs().max() < 0.05
 
 
@@ -217,7 +218,7 @@ def test_translate_says_what_auto_chose(toy_run):
 
 # -- the GEMM backend ------------------------------------------------------------------------------
 def _backend_in_subprocess(env: dict):
-    code = ("import logging; logging.basicConfig(level=logging.INFO); from s2s import gemm; "
+    code = ("import logging; logging.basicConfig(level=logging.INFO); from s2s.ops import gemm; "
             "print(gemm.backend())")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
                          capture_output=True, text=True, timeout=300)

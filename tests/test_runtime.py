@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-PROBE = ("import ctypes, s2s.runtime as r; ok = r.tune_allocator(); "
+PROBE = ("import ctypes, s2s.ops.runtime as r; ok = r.tune_allocator(); "
          "print(ok, r.tune_allocator())")
 
 
@@ -25,7 +25,7 @@ def test_allocator_left_alone_on_request():
 
 
 def test_onednn_cache_limit_is_a_default_and_set_before_gemm_starts_onednn():
-    code = ("import os, s2s.gemm as g, s2s.runtime as r; assert g._op is g._UNSET; "
+    code = ("import os, s2s.ops.gemm as g, s2s.ops.runtime as r; assert g._op is g._UNSET; "
             "r.limit_onednn_caches(); print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], "
             "os.environ['LRU_CACHE_CAPACITY'])")
     env = {k: v for k, v in os.environ.items()

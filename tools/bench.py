@@ -67,7 +67,7 @@ def main() -> None:
     overrides = [*args.overrides, f"train.max_steps={args.train_steps}",
                  f"train.max_time={args.train_seconds}", f"train.threads={args.threads}",
                  "train.valid_bleu=false", "train.metric=loss"]
-    from s2s.precision import cpu_kind
+    from s2s.ops.runtime import cpu_kind
 
     out = {"config": args.config, "overrides": args.overrides, "threads": args.threads,
            "cpu": cpu_kind(), "run_dir": str(run_dir)}

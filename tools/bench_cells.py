@@ -11,7 +11,7 @@
 Prints one JSON line per case with median milliseconds and the speed-up (torch / cell), the
 CPU kind, the GEMM backend and the fused kernels' product path.
 Both sides run in one process set up as s2s sets up training and translation
-(`s2s.runtime.tune_allocator`); `--system-malloc` leaves the allocator alone.
+(`s2s.ops.runtime.tune_allocator`); `--system-malloc` leaves the allocator alone.
 """
 from __future__ import annotations
 
@@ -47,17 +47,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not args.system_malloc:
-        from s2s.runtime import tune_allocator
+        from s2s.ops.runtime import tune_allocator
 
         tune_allocator()
     torch.manual_seed(0)
     from s2s.cells import registry
-    from s2s.cells.deferred import deferred_weight_grads
+    from s2s.ops.deferred import deferred_weight_grads
 
     cls, _ = registry.load(args.cell)
-    from s2s import gemm
+    from s2s.ops import gemm
     from s2s.cells.fused import kernels
-    from s2s.precision import cpu_kind, native_bf16
+    from s2s.ops.runtime import cpu_kind
+    from s2s.precision import native_bf16
 
     where = {"cpu": cpu_kind(), "gemm": gemm.backend(), "fused_products": kernels.panel_path()}
 

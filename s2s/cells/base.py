@@ -17,7 +17,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from s2s import gemm
+from s2s.ops import gemm
+from s2s.ops.masks import length_mask
 
 State = tuple[Tensor, ...]
 
@@ -61,11 +62,6 @@ class StepCell(nn.Module):
             state = tuple(torch.where(keep, new, old) for new, old in zip(new_state, state))
             outputs.append(h * keep.to(h.dtype))
         return torch.stack(outputs, dim=1), state  # [B, T, H]
-
-
-def length_mask(lengths: Tensor, time: int, device: torch.device) -> Tensor:
-    """[B, T] bool, True at each sequence's real (non-padded) positions."""
-    return torch.arange(time, device=device).unsqueeze(0) < lengths.to(device).unsqueeze(1)
 
 
 def zeros_state(n: int, batch_size: int, hidden_size: int, device: torch.device,

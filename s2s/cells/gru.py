@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from s2s import gemm
+from s2s.ops import gemm
 from s2s.cells.base import State, StepCell, packed_run, zeros_state
 
 
@@ -29,7 +29,7 @@ class GRUCell(StepCell):
         return zeros_state(1, batch_size, self.hidden_size, device, dtype)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        if gemm.int8_active():  # int8 inference: the products through s2s.gemm (torch.gru_cell
+        if gemm.int8_active():  # int8 inference: the products through s2s.ops.gemm (torch.gru_cell
             return self._linear_step(x, state)  # would compute them in float32)
         h = torch.gru_cell(x, state[0], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         return h, (h,)

@@ -6,8 +6,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from s2s import gemm
-from s2s.cells import deferred
+from s2s.ops import gemm
+from s2s.ops import deferred
 from s2s.cells.base import State, StepCell, packed_run, zeros_state
 
 
@@ -82,7 +82,7 @@ class LSTMCell(StepCell):
             return h, (h, c)
         # training the decoder: weight gradients deferred to one GEMM over all steps; under
         # autocast: low-precision GEMMs (torch.lstm_cell is not on autocast's list); int8
-        # inference: int8 products (s2s.gemm.int8)
+        # inference: int8 products (s2s.ops.quantized)
         return self._gates_step(x, state)
 
     def _gates_step(self, x: Tensor, state: State) -> tuple[Tensor, State]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from s2s import gemm
-from s2s.cells.deferred import linear
+from s2s.ops import gemm
+from s2s.ops.deferred import linear
 
 
 class _Scores(torch.autograd.Function):
@@ -92,4 +92,4 @@ class Attention(nn.Module):
         weights = torch.softmax(scores, dim=-1)  # [B, S]
         context = _Context.apply(weights, memory)  # [B, H_mem]
         attn_h = linear(torch.cat([context, query], dim=-1), self.out.weight, self.out.bias)
-        return torch.tanh(attn_h), weights  # deferred weight grads in training: see cells.deferred
+        return torch.tanh(attn_h), weights  # deferred weight grads in training: see s2s.ops.deferred

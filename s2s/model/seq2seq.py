@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s2s import gemm
+from s2s.ops import gemm
 from s2s.cells import State
-from s2s.cells.base import length_mask
-from s2s.cells.deferred import deferred_weight_grads
+from s2s.ops.masks import length_mask
+from s2s.ops.deferred import deferred_weight_grads
 from s2s.config import ModelConfig
 from s2s.model.decoder import Decoder
 from s2s.model.encoder import Encoder
@@ -104,7 +104,7 @@ class Seq2Seq(nn.Module):
         enc, state = self.encode(src, src_lengths)
         emb = self.decoder.dropout(self.decoder.embed(tgt_in))  # [B, T, E]
         layers, feed, outputs = state.layers, state.feed, []
-        # each step's weight gradients become one GEMM over all steps (see cells.deferred)
+        # each step's weight gradients become one GEMM over all steps (see s2s.ops.deferred)
         with deferred_weight_grads():
             for emb_t in emb.unbind(1):  # unbind: one backward node, not a zero-filled slice per step
                 feed, layers, _ = self.decoder.step(emb_t, layers, feed, *enc)

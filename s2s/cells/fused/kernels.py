@@ -116,14 +116,14 @@ def ops():
 
 
 # the sequence kernels' product paths: the two register-tiled builds, or the products of
-# s2s.gemm's backend (oneDNN or MKL, whichever it chose)
+# s2s.ops.gemm's backend (oneDNN or MKL, whichever it chose)
 PANEL_BUILDS = {"avx512": 2, "avx2": 1, "gemm": 0}
 
 
 def panels() -> int:
     """The sequence kernels' product path asked for: the best register-tiled build the CPU
     runs (AVX-512, else AVX2+FMA; the default), or what `S2S_FUSED_PANELS` names: `avx2`, or
-    `0` for s2s.gemm's products (comparisons and tests). The kernels clamp it to what the CPU
+    `0` for s2s.ops.gemm's products (comparisons and tests). The kernels clamp it to what the CPU
     has (`panel_path`)."""
     setting = os.environ.get("S2S_FUSED_PANELS", "").strip().lower()
     if setting in ("0", "onednn", "gemm"):

@@ -22,8 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from s2s import gemm
-from s2s.cells.base import State, length_mask
+from s2s.ops import gemm
+from s2s.cells.base import State
+from s2s.ops.masks import length_mask
 from s2s.cells.fused import kernels
 from s2s.cells.lstm import LSTMCell, gates_backward, gates_forward
 

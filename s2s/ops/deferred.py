@@ -10,7 +10,7 @@ B*T rows when backward reaches the weight: the same sum, computed where a CPU is
         for x_t in xs:
             y_t = linear(x_t, weight, bias)  # cells and the core call this instead of F.linear
 
-Outside the context (inference, no grad) `linear` is `F.linear` (computed by `s2s.gemm`).
+Outside the context (inference, no grad) `linear` is `F.linear` (computed by `s2s.ops.gemm`).
 Cells may use it in `step`; it is an optional speed-up, not part of the contract. Double
 backward is not supported.
 Legend: B batch, I input size, O output size, N = sum over steps of B.
@@ -24,7 +24,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from s2s import gemm
+from s2s.ops import gemm
 
 _local = threading.local()
 

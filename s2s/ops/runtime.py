@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import sys
+from pathlib import Path
 
 import torch
 
@@ -59,3 +61,27 @@ def tune_allocator() -> bool:
     _tuned = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
                   and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
     return _tuned
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (x86 `flags`, Arm `Features`); empty
+    where they cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("flags", "features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_kind() -> str:
+    """A short name of the CPU's vector features, as benchmarks and messages name it."""
+    flags = cpu_flags()
+    if not flags:
+        return platform.machine() or "unknown CPU"
+    wanted = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "avx2", "fma", "avx_vnni",
+              "asimd", "sve", "bf16")
+    return "+".join(f for f in wanted if f in flags) or platform.machine()

@@ -13,10 +13,8 @@ own ops otherwise (other dtypes, devices, autocast, or a torch built without one
 result is the same product in float32. `linear` is differentiable (its backward uses `mm` too);
 `mm` is not (call it inside autograd Functions).
 
-Inside `int8(cache)` (inference: `--precision int8`), `linear` and `linear_cat` of float32 CPU
-inputs without autograd use dynamic int8 products instead (torch's quantized x86 kernels,
-fbgemm/oneDNN): each weight quantized once per output channel (symmetric int8, packed with
-its bias into `cache`), each input quantized per call.
+Inside `int8(cache)` (inference: `--precision int8`), `linear`, `linear_cat` and `linear_rows`
+of float32 CPU inputs without autograd use dynamic int8 products instead (s2s.ops.quantized).
 """
 from __future__ import annotations
 
@@ -38,6 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from s2s.ops import quantized
+from s2s.ops.quantized import int8, int8_active, joined  # noqa: F401  (this module's API)
+from s2s.ops.runtime import cpu_flags
 
 log = logging.getLogger("s2s")
 BACKENDS = ("onednn", "torch")
@@ -98,8 +100,6 @@ def _measure(op) -> dict[str, float]:
 
 
 def _cache_file() -> Path:
-    from s2s.precision import cpu_flags
-
     key = hashlib.sha256("\0".join([" ".join(sorted(cpu_flags())), torch.__version__,
                                      str(torch.get_num_threads()), repr(_PROBE_SHAPES)]
                                     ).encode()).hexdigest()[:16]
@@ -135,7 +135,7 @@ def _choose(op) -> str:
 
 
 _UNSET = object()
-_op = _UNSET  # found on first use, not at import: s2s.runtime may set oneDNN's options first
+_op = _UNSET  # found on first use, not at import: s2s.ops.runtime may set oneDNN's options first
 _lock = threading.Lock()
 
 
@@ -267,130 +267,23 @@ class _OneDnnLinear(torch.autograd.Function):
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear (x [..., I], weight [O, I], bias [O]) with its GEMMs through `mm` (or int8
     inside `int8()`)."""
-    if _int8_usable(x, weight):
-        return _int8_linear([x], [weight], [bias])
+    if quantized.usable(x, weight):
+        return quantized.linear([x], [weight], [bias])
     if not (_usable(x, weight) and _plain_bias(bias, weight.shape[0]) and x.numel()
             and weight.numel()):
         return F.linear(x, weight, bias)
     return _OneDnnLinear.apply(x, weight, bias)
 
 
-def joined(weights: list[Tensor], biases: list[Tensor | None]) -> tuple[Tensor, Tensor | None]:
-    """The weights of one product over cat(xs), detached: weights side by side [O, sum(I)],
-    and the sum of the biases given [O] (None if none)."""
-    present = [b.detach() for b in biases if b is not None]
-    return torch.cat([w.detach() for w in weights], dim=1), sum(present) if present else None
-
-
 def linear_cat(xs: list[Tensor], weights: list[Tensor], biases: list[Tensor | None]) -> Tensor:
     """sum_k linear(xs[k], weights[k], biases[k]); inside `int8()` one int8 product over
     cat(xs) with the weights concatenated once."""
-    if _int8_usable(xs[0], weights[0]) and all(x.shape[:-1] == xs[0].shape[:-1] for x in xs):
-        return _int8_linear(xs, weights, biases)
+    if quantized.usable(xs[0], weights[0]) and all(x.shape[:-1] == xs[0].shape[:-1] for x in xs):
+        return quantized.linear(xs, weights, biases)
     out = linear(xs[0], weights[0], biases[0])
     for x, w, b in zip(xs[1:], weights[1:], biases[1:]):
         out = out + linear(x, w, b)
     return out
-
-
-# -- int8 inference ------------------------------------------------------------------------------
-_int8_local = threading.local()
-
-
-@functools.lru_cache(maxsize=1)
-def _quantized_ops() -> str | None:
-    """None when torch's dynamic int8 linear works here, else why not (checked once)."""
-    try:
-        w = torch.ones(4, 8)
-        packed = _pack_int8(w, None)
-        out = torch.ops.quantized.linear_dynamic(torch.ones(2, 8), packed, True)
-        return None if torch.allclose(out, torch.full((2, 4), 8.0), rtol=0.05) else \
-            "its int8 product gave wrong results"
-    except (AttributeError, RuntimeError) as exc:
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-
-
-def _quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """weight [O, I] -> int8 values [O, I] and float64 scales [O], symmetric per output
-    channel: scale = max |w| / 127."""
-    w = weight.detach().float()
-    scales = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()  # [O]
-    q = torch.round(w / scales.unsqueeze(1)).clamp_(-127, 127).to(torch.int8)
-    return q.contiguous(), scales
-
-
-def _pack_quantized(q: Tensor, scales: Tensor, bias: Tensor | None):
-    """int8 values [O, I] with their scales [O] packed for torch's dynamic int8 linear, with
-    its float32 bias [O]."""
-    zeros = torch.zeros(q.shape[0], dtype=torch.long)
-    with warnings.catch_warnings():  # torch marks quantized tensors deprecated (2.13)
-        warnings.simplefilter("ignore")
-        qw = torch._make_per_channel_quantized_tensor(q.contiguous(), scales, zeros, 0)
-    return torch.ops.quantized.linear_prepack(
-        qw, None if bias is None else bias.detach().float().contiguous())
-
-
-def _pack_int8(weight: Tensor, bias: Tensor | None):
-    """weight [O, I] -> int8 per output channel, packed with its bias (see _quantize_int8)."""
-    return _pack_quantized(*_quantize_int8(weight), bias)
-
-
-def _reduce_range() -> bool:
-    """Inputs quantized to 7 bits where the CPU has no VNNI: fbgemm's AVX2 int8 products sum
-    pairs of u8*s8 products in 16 bits, which saturates with full 8-bit inputs."""
-    from s2s.precision import cpu_flags
-
-    return not cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"}
-
-
-@contextlib.contextmanager
-def int8(cache: dict) -> Iterator[None]:
-    """Dynamic int8 products for `linear` / `linear_cat` inside the block (no autograd, float32
-    CPU inputs). `cache` keeps the packed weights between blocks: keep one per model."""
-    why = _quantized_ops()
-    if why is not None:
-        from s2s.errors import S2SError
-
-        raise S2SError(f"--precision int8: this torch build's dynamic int8 kernels do not work "
-                       f"here ({why}); use --precision fp32 or auto")
-    saved = getattr(_int8_local, "cache", None)
-    _int8_local.cache = (cache, _reduce_range())
-    try:
-        yield
-    finally:
-        _int8_local.cache = saved
-
-
-def int8_active() -> bool:
-    """True inside `int8()` without autograd: cells that call torch's fused cell ops (which
-    bypass s2s.gemm) take their `linear` path instead, so their weights are int8 too."""
-    return getattr(_int8_local, "cache", None) is not None and not torch.is_grad_enabled()
-
-
-def _int8_usable(x: Tensor, weight: Tensor) -> bool:
-    return int8_active() and x.dtype == torch.float32 and x.device.type == "cpu" and weight.dim() == 2 \
-        and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
-
-
-def _memo(cache: dict, tag: str, tensors: list[Tensor], make):
-    """`make()` computed once per identity and version of `tensors` and kept in `cache`:
-    made again when one changes in place (version) or gets new storage (data pointer), and
-    dropped when one of them is freed (tensors made per batch, e.g. a shortlist)."""
-    key = (tag, *(id(t) for t in tensors))
-    stamp = tuple((t._version, t.data_ptr()) for t in tensors)
-    entry = cache.get(key)
-    if entry is None or entry[0] != stamp or any(r() is not t for r, t in zip(entry[1], tensors)):
-        refs = [weakref.ref(t) for t in tensors]
-        entry = cache[key] = (stamp, refs, make())
-        for t in tensors:
-            weakref.finalize(t, _forget, cache, key, refs)
-    return entry[2]
-
-
-def _forget(cache: dict, key: tuple, refs: list) -> None:
-    entry = cache.get(key)
-    if entry is not None and entry[1] is refs:
-        del cache[key]
 
 
 _rows_cache: dict = {}  # float32 row subsets of linear_rows
@@ -400,26 +293,9 @@ def linear_rows(x: Tensor, weight: Tensor, bias: Tensor, rows: Tensor) -> Tensor
     """linear(x, weight[rows], bias[rows]) for a row subset rows [O'] used at many calls (a
     shortlist of the output layer): the subset is taken (inside `int8()`: packed from the
     weight quantized once) once per `rows` tensor. No autograd through the subset."""
-    if _int8_usable(x, weight):
-        cache, reduce_range = _int8_local.cache
-        q, scales = _memo(cache, "quantized", [weight], lambda: _quantize_int8(weight))
-        packed = _memo(cache, "rows", [weight, bias, rows], lambda: _pack_quantized(
-            q.index_select(0, rows), scales.index_select(0, rows), bias.index_select(0, rows)))
-        flat = x.reshape(-1, x.shape[-1]).contiguous()  # [N, I]
-        return torch.ops.quantized.linear_dynamic(flat, packed, reduce_range).view(
-            *x.shape[:-1], len(rows))
+    if quantized.usable(x, weight):
+        return quantized.linear_rows(x, weight, bias, rows)
     with torch.no_grad():
-        sub_w, sub_b = _memo(_rows_cache, "rows", [weight, bias, rows], lambda: (
+        sub_w, sub_b = quantized.memo(_rows_cache, "rows", [weight, bias, rows], lambda: (
             weight.index_select(0, rows), bias.index_select(0, rows)))
     return linear(x, sub_w, sub_b)
-
-
-def _int8_linear(xs: list[Tensor], weights: list[Tensor], biases: list[Tensor | None]
-                 ) -> Tensor:
-    cache, reduce_range = _int8_local.cache
-    tensors = [t for t in (*weights, *biases) if t is not None]
-    packed = _memo(cache, "linear", tensors, lambda: _pack_int8(*joined(weights, biases)))
-    x = torch.cat(xs, dim=-1) if len(xs) > 1 else xs[0]
-    flat = x.reshape(-1, x.shape[-1]).contiguous()  # [N, I]
-    out = torch.ops.quantized.linear_dynamic(flat, packed, reduce_range)
-    return out.view(*x.shape[:-1], out.shape[-1])
