@@ -8,21 +8,11 @@ from pathlib import Path
 
 import click
 
+from s2s import console  # torch-free: the decoding defaults
+from s2s import options as search_options
 from s2s.errors import DataError, S2SError
 
-
-class _OneLine(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
-
-
-def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLine())
-    log = logging.getLogger("s2s")
-    log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
-    log.propagate = False
+log = logging.getLogger("s2s")
 
 
 class S2SGroup(click.Group):
@@ -41,7 +31,7 @@ class S2SGroup(click.Group):
 @click.version_option(package_name="s2s")
 def main() -> None:
     """s2s: recurrent encoder-decoder neural machine translation with pluggable cells."""
-    _setup_logging()
+    console.install(replace=True)
 
 
 @main.command()
@@ -59,8 +49,7 @@ def train(config_file: str | None, run_dir: str | None, resume_dir: str | None,
     """Train a model from CONFIG_FILE (YAML) into --run-dir, or continue one with --resume.
 
     SIGINT/SIGTERM finish the current step, save a checkpoint and exit 0."""
-    from s2s import config
-    from s2s import train as training
+    from s2s import config, training
 
     if bool(run_dir) == bool(resume_dir):
         raise click.UsageError("give exactly one of --run-dir (a new run) and --resume RUN")
@@ -100,7 +89,7 @@ def average(run: str, last: int, output: str) -> None:
 def lexicon(run: str, overrides: tuple[str, ...]) -> None:
     """(Re)build RUN's target-vocabulary lexicon (for `s2s translate --shortlist`) from its
     training data; runs trained by this version have one already."""
-    from s2s import config, shortlist, train as training
+    from s2s import config, shortlist, training
     from s2s.tokenizer import Tokenizer
 
     cfg_file = Path(run) / training.CONFIG_FILE
@@ -108,12 +97,23 @@ def lexicon(run: str, overrides: tuple[str, ...]) -> None:
         raise DataError(f"{run}: no {training.CONFIG_FILE} or SentencePiece model; is it a run "
                         f"directory written by `s2s train`?")
     cfg = config.load(cfg_file, overrides)
-    say = lambda message: click.echo(message, err=True)  # noqa: E731
-    tokenizer, train_data, _ = training.prepare(cfg, Path(run), say)
-    built = training.build_lexicon(tokenizer, train_data, cfg.train.seed, say)
+    tokenizer, train_data, _ = training.prepare(cfg, Path(run), log.info)
+    built = training.build_lexicon(tokenizer, train_data, cfg.train.seed, log.info)
     shortlist.save(built, Path(run) / shortlist.LEXICON_FILE)
-    click.echo(f"wrote {Path(run) / shortlist.LEXICON_FILE}; `s2s translate RUN --shortlist K` "
-               f"uses it", err=True)
+    log.info(f"wrote {Path(run) / shortlist.LEXICON_FILE}; `s2s translate RUN --shortlist K` "
+             f"uses it")
+
+
+@main.command("config")
+@click.argument("config_file", type=click.Path(dir_okay=False), required=False)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set train.max_steps=1000 (repeatable).")
+def show_config(config_file: str | None, overrides: tuple[str, ...]) -> None:
+    """Print the resolved config (CONFIG_FILE, or the defaults, with --set) as YAML: every key
+    with a one-line help, and its default where the value differs."""
+    from s2s import config
+
+    click.echo(config.describe(config.load(config_file, overrides)), nl=False)
 
 
 def _open_input(path: str):
@@ -132,32 +132,39 @@ def _open_output(path: str):
         raise DataError(f"--output {path}: cannot open ({exc.strerror})") from exc
 
 
+def _search_option(name: str, more_help: str = ""):
+    """The `s2s translate` option --NAME of SearchOptions field NAME: its default, allowed
+    values (choices or range) and help text are the field's (s2s.options)."""
+    spec = search_options.FIELDS[name]
+    meta = spec.metadata
+    if "choices" in meta:
+        kind = click.Choice(meta["choices"])
+    else:
+        ranged = click.IntRange if isinstance(spec.default, int) else click.FloatRange
+        kind = ranged(min=meta.get("min"), max=meta.get("max"),
+                      min_open=meta.get("min_open", False))
+    return click.option(f"--{name.replace('_', '-')}", type=kind, default=spec.default,
+                        show_default=True, help=f"{meta['help']} {more_help}".strip())
+
+
 @main.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path())
 @click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False), default="-",
               help="Source text, one sentence per line (default: stdin).")
 @click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False), default="-",
               help="Where translations go, one line per input line (default: stdout).")
-@click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--nbest", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Hypotheses per line (at most --beam; with --sample: samples); >1 writes "
-                   "JSON lines.")
-@click.option("--length-penalty", type=click.Choice(["none", "average", "gnmt"]), default="none",
-              show_default=True, help="average: log-prob / length; gnmt: / ((5+len)/6)^alpha.")
-@click.option("--alpha", type=click.FloatRange(min=0), default=0.6, show_default=True)
-@click.option("--coverage-penalty", type=click.FloatRange(min=0), default=0.0,
-              show_default=True, help="GNMT coverage penalty beta (0: off).")
-@click.option("--min-len", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Output pieces before EOS is allowed.")
-@click.option("--max-len-a", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="Output limit: a * source pieces + b.")
-@click.option("--max-len-b", type=click.IntRange(min=0), default=10, show_default=True)
-@click.option("--sample", is_flag=True, help="Sample instead of searching.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0,
-              show_default=True)
-@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0,
-              show_default=True)
+@_search_option("beam")
+@_search_option("nbest", ">1 writes JSON lines.")
+@_search_option("length_penalty")
+@_search_option("alpha")
+@_search_option("coverage_penalty")
+@_search_option("min_len")
+@_search_option("max_len_a")
+@_search_option("max_len_b")
+@click.option("--sample", is_flag=True, help=search_options.FIELDS["sampling"].metadata["help"])
+@_search_option("temperature")
+@_search_option("top_k")
+@_search_option("top_p")
 @click.option("--seed", type=int, default=None, help="Seed for --sample.")
 @click.option("--output-scores", is_flag=True,
               help="JSON lines with translation, score and log_prob.")
@@ -168,7 +175,8 @@ def _open_output(path: str):
 @click.option("--max-tokens", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also cap a batch at this many padded source pieces (0: no cap).")
 @click.option("--max-src-len", type=click.IntRange(min=0), default=None,
-              help="Truncate longer sources (pieces); 0: never. Default: 2x the training limit.")
+              help=f"Truncate longer sources (pieces); 0: never. Default: "
+                   f"{search_options.SOURCE_LIMIT_FACTOR}x the training limit.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8"]),
               default="auto", show_default=True,
               help="auto: bf16 where the CPU/GPU computes it natively, else fp32; int8: dynamic "
@@ -177,8 +185,9 @@ def _open_output(path: str):
               help="Search each batch over the K best translations of its source pieces (the "
                    "run's lexicon) plus the --shortlist-frequent most frequent target pieces: "
                    "faster, approximate (0: the whole vocabulary).")
-@click.option("--shortlist-frequent", type=click.IntRange(min=0), default=500,
-              show_default=True, help="Most frequent target pieces every shortlist keeps.")
+@click.option("--shortlist-frequent", type=click.IntRange(min=0),
+              default=search_options.DEFAULT_FREQUENT, show_default=True,
+              help="Most frequent target pieces every shortlist keeps.")
 @click.option("--threads", type=click.IntRange(min=0), default=0,
               help="torch threads (0: torch's default).")
 def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: int, nbest: int,

@@ -9,48 +9,69 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from s2s.errors import ConfigError
+
+# the range rules a numeric field may carry (metadata "rule"), checked by `_build`
+RULES = {"positive": ("> 0", lambda v: v > 0), "non_negative": (">= 0", lambda v: v >= 0),
+         "unit_interval": ("in [0, 1)", lambda v: 0 <= v < 1)}
+
+
+def _f(default: Any = dataclasses.MISSING, help: str = "", rule: str | None = None, *,
+       resumable: bool = False, factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its one-line help, its range rule (a key of RULES) and whether a
+    resumed run may change it."""
+    assert rule is None or rule in RULES, rule
+    return field(default=default, default_factory=factory,
+                 metadata={"help": help, "rule": rule, "resumable": resumable})
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dir: str | None = None  # directory with {split}.{lang}[.gz], {split}.tsv or {split}.jsonl
-    hub: str | None = None  # a 🤗 Hub dataset name instead of `dir` (needs network)
-    hub_config: str | None = None
-    src_lang: str = "en"
-    tgt_lang: str = "de"
-    train: str = "train"  # split names
-    valid: str = "val"
-    src_field: str | None = None  # TSV/JSONL/Hub field names; default: src_lang / tgt_lang
-    tgt_field: str | None = None
-    vocab_size: int = 8000
-    spm_model_type: Literal["unigram", "bpe"] = "unigram"
-    joint_vocab: bool = True
-    prune_vocab: bool = True  # joint model: each side keeps only pieces seen on that side
-    character_coverage: float = 1.0
-    spm_input_sentence_size: int = 2_000_000  # sentences sampled to train SentencePiece
-    max_len: int = 100  # training pairs with more pieces on either side are dropped
+    dir: str | None = _f(None, "directory with {split}.{lang}[.gz], {split}.tsv or "
+                               "{split}.jsonl files")
+    hub: str | None = _f(None, "a 🤗 Hub dataset name instead of `dir` (needs network)")
+    hub_config: str | None = _f(None, "the Hub dataset's configuration name")
+    src_lang: str = _f("en", "source language code (file suffix / field name)")
+    tgt_lang: str = _f("de", "target language code (file suffix / field name)")
+    train: str = _f("train", "name of the training split")
+    valid: str = _f("val", "name of the validation split")
+    src_field: str | None = _f(None, "TSV/JSONL/Hub source field name; default: src_lang")
+    tgt_field: str | None = _f(None, "TSV/JSONL/Hub target field name; default: tgt_lang")
+    vocab_size: int = _f(8000, "SentencePiece pieces (per model)", "positive")
+    spm_model_type: Literal["unigram", "bpe"] = _f("unigram", "SentencePiece model type")
+    joint_vocab: bool = _f(True, "one SentencePiece model for both sides")
+    prune_vocab: bool = _f(True, "joint model: each side keeps only the pieces seen on it")
+    character_coverage: float = _f(1.0, "SentencePiece character coverage")
+    spm_input_sentence_size: int = _f(2_000_000, "sentences sampled to train SentencePiece",
+                                      "positive")
+    max_len: int = _f(100, "training pairs with more pieces on either side are dropped; "
+                           "translate truncates sources at twice this", "positive")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    cell: str = "lstm"  # an entry-point name in the `s2s.cells` group
-    cell_options: dict = field(default_factory=dict)  # keyword options of the cell's __init__
-    attention: Literal["general", "dot", "bahdanau"] = "general"
-    emb_size: int = 256
-    hidden_size: int = 512  # decoder size; a bidirectional encoder layer has hidden_size/2 per side
-    layers: int = 1  # encoder and decoder layers, unless set separately below
-    encoder_layers: int | None = None
-    decoder_layers: int | None = None
-    bidirectional: bool = True
-    dropout: float = 0.3
-    input_feeding: bool = True
-    tie_embeddings: bool = False  # output layer shares the target embedding matrix
-    init_range: float = 0.1  # uniform(-r, r) initialisation; 0 keeps the modules' defaults
+    cell: str = _f("lstm", "recurrent cell: an entry-point name in the `s2s.cells` group "
+                           "(`s2s plugins` lists them)")
+    cell_options: dict = _f(help="keyword options of the cell's __init__", factory=dict)
+    attention: Literal["general", "dot", "bahdanau"] = _f("general", "attention score")
+    emb_size: int = _f(256, "embedding size", "positive")
+    hidden_size: int = _f(512, "decoder size; a bidirectional encoder layer has half per side",
+                          "positive")
+    layers: int = _f(1, "encoder and decoder layers, unless set separately", "positive")
+    encoder_layers: int | None = _f(None, "encoder layers (null: `layers`)")
+    decoder_layers: int | None = _f(None, "decoder layers (null: `layers`)")
+    bidirectional: bool = _f(True, "bidirectional encoder")
+    dropout: float = _f(0.3, "dropout on embeddings, between layers and on outputs",
+                        "unit_interval")
+    input_feeding: bool = _f(True, "feed the previous attentional state to the decoder")
+    tie_embeddings: bool = _f(False, "the output layer shares the target embedding matrix")
+    init_range: float = _f(0.1, "uniform(-r, r) initialisation; 0 keeps the modules' defaults",
+                           "non_negative")
 
     @property
     def n_encoder_layers(self) -> int:
@@ -63,39 +84,58 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = 64
-    batch_type: Literal["sents", "tokens"] = "sents"  # tokens: count x (longer side + 1) budget
-    max_steps: int = 0  # 0: no step budget
-    max_time: float = 0.0  # seconds of training; 0: no time budget
-    max_epochs: int = 0  # 0: no epoch budget
-    optimizer: Literal["adam"] = "adam"
-    lr: float = 1e-3
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    weight_decay: float = 0.0
-    clip_norm: float = 5.0  # 0: no clipping
-    label_smoothing: float = 0.0
-    normalization: Literal["tokens", "sents"] = "tokens"
-    # auto: bf16 autocast where the hardware computes bf16 natively, else fp32 (s2s.precision)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    accum_steps: int = 1  # batches whose gradients are summed into one optimizer step
-    schedule: Literal["constant", "plateau", "inverse_sqrt", "linear"] = "constant"
-    warmup_steps: int = 0  # linear warm-up (constant, inverse_sqrt, linear schedules)
-    decay_factor: float = 0.5  # plateau: lr *= decay_factor after `decay_patience` bad validations
-    decay_patience: int = 2
-    min_lr: float = 0.0
-    log_every: int = 100
-    checkpoint_every: int = 1000
-    validate_every: int = 1000
-    valid_bleu: bool = True  # greedy-decode the validation set and report BLEU/chrF
-    valid_batch_size: int = 64
-    metric: Literal["bleu", "chrf", "loss"] = "bleu"  # picks best checkpoints and early stopping
-    patience: int = 0  # stop after this many validations without improvement; 0: never
-    keep_last: int = 3  # periodic checkpoints kept (checkpoints/step-N.pt; last.pt: the newest)
-    keep_best: int = 1  # best checkpoints kept by `metric` (best.pt links the best)
-    max_nonfinite: int = 10  # non-finite losses in a row that stop the run (each is skipped)
-    seed: int = 1234
-    threads: int = 0  # torch intra-op threads; 0: torch's default
+    batch_size: int = _f(64, "sentences per batch, or tokens with batch_type tokens", "positive")
+    batch_type: Literal["sents", "tokens"] = _f(
+        "sents", "tokens: a budget of sentences x (longer side + 1)")
+    max_steps: int = _f(0, "step budget; 0: none", "non_negative", resumable=True)
+    max_time: float = _f(0.0, "seconds of training; 0: no time budget", "non_negative",
+                         resumable=True)
+    max_epochs: int = _f(0, "epoch budget; 0: none", "non_negative", resumable=True)
+    optimizer: Literal["adam", "adamw", "sgd"] = _f(
+        "adam", "adam, adamw (decoupled weight decay) or sgd (with `momentum`)")
+    lr: float = _f(1e-3, "learning rate (peak, after warm-up)", "positive")
+    adam_beta1: float = _f(0.9, "adam/adamw beta1")
+    adam_beta2: float = _f(0.999, "adam/adamw beta2")
+    momentum: float = _f(0.0, "sgd momentum", "unit_interval")
+    weight_decay: float = _f(0.0, "L2 penalty (adam, sgd) or decoupled decay (adamw)",
+                             "non_negative")
+    clip_norm: float = _f(5.0, "gradient norm clipping; 0: none", "non_negative")
+    label_smoothing: float = _f(0.0, "label smoothing of the training loss", "unit_interval")
+    normalization: Literal["tokens", "sents"] = _f(
+        "tokens", "the loss is divided by the batch's target tokens or sentences")
+    precision: Literal["auto", "fp32", "bf16"] = _f(
+        "auto", "auto: bf16 autocast where the hardware computes bf16 natively, else fp32",
+        resumable=True)
+    accum_steps: int = _f(1, "batches whose gradients are summed into one optimizer step",
+                          "positive")
+    schedule: Literal["constant", "plateau", "inverse_sqrt", "linear"] = _f(
+        "constant", "learning-rate schedule")
+    warmup_steps: int = _f(0, "linear warm-up steps (constant, inverse_sqrt, linear)",
+                           "non_negative")
+    decay_factor: float = _f(0.5, "plateau: lr *= decay_factor after decay_patience bad "
+                                  "validations", "unit_interval")
+    decay_patience: int = _f(2, "plateau: bad validations before a decay", "non_negative")
+    min_lr: float = _f(0.0, "the learning rate's floor", "non_negative")
+    log_every: int = _f(100, "steps between logged training values", "positive",
+                        resumable=True)
+    checkpoint_every: int = _f(1000, "steps between checkpoints", "positive", resumable=True)
+    validate_every: int = _f(1000, "steps between validations", "positive", resumable=True)
+    valid_bleu: bool = _f(True, "greedy-decode the validation set and report BLEU/chrF")
+    valid_batch_size: int = _f(64, "validation sentences per batch", "positive",
+                               resumable=True)
+    metric: Literal["bleu", "chrf", "loss"] = _f(
+        "bleu", "picks the best checkpoints and drives early stopping")
+    patience: int = _f(0, "stop after this many validations without improvement; 0: never",
+                       "non_negative", resumable=True)
+    keep_last: int = _f(3, "periodic checkpoints kept (last.pt: the newest)", "positive",
+                        resumable=True)
+    keep_best: int = _f(1, "best checkpoints kept by `metric` (best.pt: the best)",
+                        "positive", resumable=True)
+    max_nonfinite: int = _f(10, "non-finite losses in a row that stop the run (each is "
+                                "skipped)", "positive", resumable=True)
+    seed: int = _f(1234, "seed of initialisation, batching and dropout")
+    threads: int = _f(0, "torch intra-op threads; 0: torch's default", "non_negative",
+                      resumable=True)
 
 
 @dataclass(frozen=True)
@@ -105,18 +145,18 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-POSITIVE = {
-    "data.vocab_size", "data.max_len", "data.spm_input_sentence_size", "model.emb_size",
-    "model.hidden_size", "model.layers", "train.batch_size", "train.lr", "train.log_every",
-    "train.checkpoint_every", "train.validate_every", "train.valid_batch_size",
-    "train.accum_steps", "train.keep_last", "train.keep_best", "train.max_nonfinite",
-}
-NON_NEGATIVE = {
-    "train.max_steps", "train.max_time", "train.max_epochs", "train.clip_norm",
-    "train.weight_decay", "model.init_range", "train.threads", "train.warmup_steps",
-    "train.patience", "train.min_lr", "train.decay_patience",
-}
-UNIT_INTERVAL = {"model.dropout", "train.label_smoothing", "train.decay_factor"}
+def fields_of(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
+    """(dotted key, field) of every config key, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from fields_of(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f
+
+
+# config keys a resumed run may change; any other difference refuses the resume
+RESUMABLE = frozenset(key for key, f in fields_of() if f.metadata.get("resumable"))
 
 
 def _type_ok(value: Any, hint: Any) -> tuple[bool, Any]:
@@ -156,7 +196,8 @@ def _describe(hint: Any) -> str:
 
 def _build(cls: type, raw: Mapping[str, Any], prefix: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(by_name)
     values: dict[str, Any] = {}
     for key, value in raw.items():
         path = f"{prefix}{key}"
@@ -175,13 +216,11 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, problems: list[str]) 
         if not ok:
             problems.append(f"'{path}' must be {_describe(hint)}, got {value!r}")
             continue
-        if isinstance(coerced, (int, float)) and not isinstance(coerced, bool):
-            if path in POSITIVE and coerced <= 0:
-                problems.append(f"'{path}' must be > 0, got {coerced!r}")
-            elif path in NON_NEGATIVE and coerced < 0:
-                problems.append(f"'{path}' must be >= 0, got {coerced!r}")
-            elif path in UNIT_INTERVAL and not 0 <= coerced < 1:
-                problems.append(f"'{path}' must be in [0, 1), got {coerced!r}")
+        rule = by_name[key].metadata.get("rule")
+        if rule and isinstance(coerced, (int, float)) and not isinstance(coerced, bool):
+            text, ok = RULES[rule]
+            if not ok(coerced):
+                problems.append(f"'{path}' must be {text}, got {coerced!r}")
         values[key] = coerced
     try:
         return cls(**values)
@@ -263,7 +302,8 @@ def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"config {path}: cannot read it ({exc.strerror}); check the path") from exc
+        raise ConfigError(f"config {path}: cannot read it ({exc.strerror}); check the "
+                          f"path") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config {path}: not UTF-8 text ({exc.reason})") from exc
     try:
@@ -289,3 +329,25 @@ def dump(cfg: Config, path: str | Path) -> None:
     import yaml
 
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def describe(cfg: Config) -> str:
+    """`cfg` as YAML that `load` reads back: every key with its one-line help, and its default
+    where the value differs from it."""
+    import yaml
+
+    def scalar(value: Any) -> str:
+        text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+        return text[:-3].strip() if text.endswith("...") else text
+
+    defaults, lines, section = Config(), [], ""
+    for key, f in fields_of():
+        head, name = key.split(".")
+        if head != section:
+            lines.append(f"{head}:")
+            section = head
+        value = getattr(getattr(cfg, head), name)
+        default = getattr(getattr(defaults, head), name)
+        note = f" (default: {scalar(default)})" if value != default else ""
+        lines.append(f"  {name}: {scalar(value)}  # {f.metadata['help']}{note}")
+    return "\n".join(lines) + "\n"

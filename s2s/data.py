@@ -14,8 +14,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from s2s.config import DataConfig
 from s2s.errors import DataError
@@ -126,7 +127,8 @@ def local_source(cfg: DataConfig, split: str) -> tuple[Any, dict]:
     if not directory.is_dir():
         raise DataError(f"data.dir {directory}: not a directory; point data.dir at the folder "
                         f"holding {split}.{cfg.src_lang} and {split}.{cfg.tgt_lang}")
-    src, tgt = _find(directory, f"{split}.{cfg.src_lang}"), _find(directory, f"{split}.{cfg.tgt_lang}")
+    src = _find(directory, f"{split}.{cfg.src_lang}")
+    tgt = _find(directory, f"{split}.{cfg.tgt_lang}")
     if src and tgt:
         return _aligned_text, {"src_path": str(src), "tgt_path": str(tgt),
                                "signature": _signature(src, tgt)}
@@ -144,7 +146,8 @@ def local_source(cfg: DataConfig, split: str) -> tuple[Any, dict]:
                         "tgt_lang": cfg.tgt_lang, "signature": _signature(jsonl)}
     raise DataError(f"{directory}: no data for split '{split}': looked for "
                     f"{split}.{cfg.src_lang}[.gz] + {split}.{cfg.tgt_lang}[.gz], {split}.tsv[.gz], "
-                    f"{split}.jsonl[.gz]; set data.dir (or data.{'train' if split == cfg.train else 'valid'})")
+                    f"{split}.jsonl[.gz]; set data.dir (or "
+                    f"data.{'train' if split == cfg.train else 'valid'})")
 
 
 def _hub(cfg: DataConfig, split: str):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,6 @@ class Monitor:
                         bar_format=None if not self.by_time else
                         "{l_bar}{bar}| {n:.0f}/{total_fmt}s [{elapsed}<{remaining}{postfix}]")
         self.console = console
-        self.started = time.monotonic()
         self.last_n = float(int(start_time)) if self.by_time else 0.0
 
     def record(self, values: dict[str, Any]) -> None:

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import platform
+from contextlib import AbstractContextManager as ContextManager
 from functools import lru_cache
-from pathlib import Path
-from typing import ContextManager
 
 import torch
 

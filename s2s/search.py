@@ -3,7 +3,8 @@ model's encode / step / reorder (an `Ensemble` offers the same three).
 
 Legend: B batch (sentences still searching), K beam, V target vocabulary, S source length,
 T target length. A hypothesis's `log_prob` is the sum of its token log-probabilities, EOS
-included; its `score` ranks it: log_prob / length penalty + coverage penalty.
+included; its `score` ranks it: log_prob / length penalty + coverage penalty. The options:
+`SearchOptions` (s2s.options, re-exported here).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import torch
 from torch import Tensor
 
 from s2s.ops.masks import length_mask
+from s2s.options import SearchOptions
+from s2s.options import check as check_option
 from s2s.tokenizer import BOS, EOS, PAD
 
 
@@ -25,32 +28,16 @@ class Hypothesis:
     attention: list[list[float]] | None = None  # [len(tokens) + 1, S] when asked for
 
 
-@dataclass(frozen=True)
-class SearchOptions:
-    beam: int = 1
-    nbest: int = 1  # hypotheses returned per sentence (at most `beam`; samples when sampling)
-    length_penalty: str = "none"  # none | average | gnmt
-    alpha: float = 0.6  # gnmt: ((5 + len) / 6) ** alpha
-    coverage_penalty: float = 0.0  # beta of GNMT's coverage penalty; 0: off
-    min_len: int = 0  # tokens before EOS is allowed (EOS not counted)
-    max_len_a: float = 2.0  # output limit a * |source| + b tokens, EOS included
-    max_len_b: int = 10
-    sampling: bool = False
-    temperature: float = 1.0
-    top_k: int = 0  # 0: the whole vocabulary
-    top_p: float = 1.0
-    seed: int | None = None
-    attention: bool = False  # return each hypothesis's attention weights
-
-
 def length_penalty(lengths: Tensor, kind: str, alpha: float) -> Tensor:
-    """Divisor of a hypothesis's log-probability; lengths count EOS. Non-decreasing in length."""
+    """Divisor of a hypothesis's log-probability; lengths count EOS. Non-decreasing in length.
+    `kind`: one of s2s.options.LENGTH_PENALTIES (anything else is a ConfigError)."""
+    check_option("length_penalty", kind)
     lengths = lengths.float()
     if kind == "average":
         return lengths
     if kind == "gnmt":
         return ((5.0 + lengths) / 6.0) ** alpha
-    return torch.ones_like(lengths)
+    return torch.ones_like(lengths)  # none
 
 
 def coverage_penalty(coverage: Tensor, src_mask: Tensor, beta: float) -> Tensor:

@@ -13,8 +13,8 @@ Legend: P co-occurring (source, target) piece pairs, N target tokens, Vs / Vt vo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

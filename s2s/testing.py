@@ -22,7 +22,8 @@ s2s runs it on every built-in cell; `s2s plugins --check` runs it on every insta
 from __future__ import annotations
 
 import io
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn

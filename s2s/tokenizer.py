@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -123,7 +123,7 @@ class Tokenizer:
 
     @classmethod
     def train(cls, src_lines: Iterable[str], tgt_lines: Iterable[str], cfg: DataConfig,
-              out_dir: str | Path) -> "Tokenizer":
+              out_dir: str | Path) -> Tokenizer:
         """Train SentencePiece on the training text (iterables are read twice when pruning)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +149,7 @@ class Tokenizer:
         return (run / JOINT).is_file() or ((run / SRC).is_file() and (run / TGT).is_file())
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "Tokenizer":
+    def load(cls, run_dir: str | Path) -> Tokenizer:
         run = Path(run_dir)
         if (run / JOINT).is_file():
             return cls.from_bytes({"joint": (run / JOINT).read_bytes(),
@@ -173,7 +173,7 @@ class Tokenizer:
                 "tgt": self.tgt.processor.serialized_model_proto()}
 
     @classmethod
-    def from_bytes(cls, blobs: dict) -> "Tokenizer":
+    def from_bytes(cls, blobs: dict) -> Tokenizer:
         if "joint" in blobs:
             joint = _processor(proto=blobs["joint"])
             kept = json.loads(blobs["kept"]) if "kept" in blobs else {"src": None, "tgt": None}

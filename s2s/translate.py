@@ -11,19 +11,22 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO
 
 import torch
 
-from s2s import checkpoint, config, precision as precisions, search, shortlist as shortlists
+from s2s import checkpoint, config, search
+from s2s import precision as precisions
+from s2s import shortlist as shortlists
 from s2s.batching import collate
 from s2s.errors import CheckpointError, ConfigError
 from s2s.model import Seq2Seq
+from s2s.options import DEFAULT_FREQUENT, DEFAULTS, source_limit
 from s2s.tokenizer import Tokenizer
 
 log = logging.getLogger("s2s")
-DEFAULT_FREQUENT = 500  # --shortlist-frequent: the most frequent target pieces always kept
 
 
 def _batches(lengths: list[int], batch_size: int, max_tokens: int) -> Iterator[list[int]]:
@@ -89,11 +92,11 @@ def _clean(text: str) -> str:
     return text.replace("\r", " ").replace("\n", " ")
 
 
-def translate_lines(model, tokenizer: Tokenizer, lines: list[str], *, beam: int = 1,
-                    batch_size: int = 64, max_src_len: int = 0, max_len_a: float = 2.0,
-                    max_len_b: int = 10, first_line: int = 1) -> list[str]:
-    """The best translation of each line (used by validation); one output per line."""
-    opts = search.SearchOptions(beam=beam, max_len_a=max_len_a, max_len_b=max_len_b)
+def translate_lines(model, tokenizer: Tokenizer, lines: list[str], *, batch_size: int = 64,
+                    max_src_len: int = 0, first_line: int = 1, **options) -> list[str]:
+    """The best translation of each line (used by validation); one output per line. Options
+    are SearchOptions' fields (their defaults there)."""
+    opts = search.SearchOptions(**options)
     _, hyps = search_lines(model, tokenizer, lines, opts, batch_size=batch_size,
                            max_src_len=max_src_len, first_line=first_line)
     return [_clean(t) for t in tokenizer.decode_tgt([h[0].tokens for h in hyps])]
@@ -128,7 +131,7 @@ class Translator:
 
     @classmethod
     def from_checkpoint(cls, payload: dict, where: str = "checkpoint",
-                        lexicon_file: Path | None = None) -> "Translator":
+                        lexicon_file: Path | None = None) -> Translator:
         """`lexicon_file`: a lexicon used instead of the checkpoint's, if it exists."""
         try:
             cfg = config.from_dict(payload["config"], source=f"{where}: stored config")
@@ -145,7 +148,7 @@ class Translator:
         return cls(model, tokenizer, cfg, payload.get("lexicon"), where, lexicon_file)
 
     @classmethod
-    def from_run(cls, path: str | Path | list[str | Path]) -> "Translator":
+    def from_run(cls, path: str | Path | list[str | Path]) -> Translator:
         """A run directory (its best, else last checkpoint) or a checkpoint file; a list of
         them is an ensemble."""
         paths = [path] if isinstance(path, (str, Path)) else list(path)
@@ -175,14 +178,15 @@ class Translator:
                **options) -> list[list[dict]]:
         """Up to `nbest` results per line, best first: dicts with translation, score,
         log_prob (and with attention=True: alignment [target piece][source piece],
-        source_pieces, target_pieces). Options are SearchOptions' fields; `precision` is one
+        source_pieces, target_pieces). Options are SearchOptions' fields (their defaults
+        there); `max_src_len` None: source_limit(the run's config). `precision` is one
         of s2s.precision.INFER_CHOICES (auto: bf16 where the hardware has it natively, else
         fp32; int8: dynamic int8 products). `shortlist` k > 0: each batch searches only the
         k best translations of its source pieces (the run's lexicon) and the
         `shortlist_frequent` most frequent target pieces; scores are normalised over them."""
         opts = search.SearchOptions(**options)
         lexicon = (self.lexicon(), shortlist, shortlist_frequent) if shortlist else None
-        limit = self.cfg.data.max_len * 2 if max_src_len is None else max_src_len
+        limit = source_limit(self.cfg) if max_src_len is None else max_src_len
         pieces, hyps = search_lines(self.model, self.tokenizer, lines, opts,
                                     batch_size=batch_size, max_tokens=max_tokens,
                                     max_src_len=limit, first_line=first_line,
@@ -205,12 +209,9 @@ class Translator:
             out.append(items)
         return out
 
-    def translate(self, lines: list[str], *, beam: int = 1, batch_size: int = 64,
-                  max_src_len: int | None = None, first_line: int = 1, **options) -> list[str]:
-        """The best translation of each line; one output per line."""
-        found = self.search(lines, beam=beam, batch_size=batch_size, max_src_len=max_src_len,
-                            first_line=first_line, **options)
-        return [items[0]["translation"] for items in found]
+    def translate(self, lines: list[str], **options) -> list[str]:
+        """The best translation of each line; one output per line. Options: as for `search`."""
+        return [items[0]["translation"] for items in self.search(lines, **options)]
 
     def lexicon(self) -> dict:
         """The target-vocabulary lexicon of --shortlist (CheckpointError if there is none)."""
@@ -267,7 +268,7 @@ class Translator:
             for items in found:
                 if json_lines:
                     record = {"line": written + 1, **items[0]}
-                    if options.get("nbest", 1) > 1:
+                    if options.get("nbest", DEFAULTS.nbest) > 1:
                         record = {"line": written + 1, "nbest": items}
                     sink.write(json.dumps(record, ensure_ascii=False) + "\n")
                 else:

@@ -1,12 +1,12 @@
 """s2s.checkpoint: atomic save, weights-only load, clear errors, run-directory resolution."""
 from __future__ import annotations
 
-import os
 import pickle
 import random
 
 import pytest
 import torch
+from malicious import MARKER_NAME, RunsCode, malicious_checkpoint
 
 from s2s import checkpoint
 from s2s.errors import CheckpointError, S2SError
@@ -140,25 +140,6 @@ def test_unwritable_directory_is_a_checkpoint_error(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint.tempfile, "mkstemp", read_only)
     with pytest.raises(CheckpointError, match="Read-only file system"):
         checkpoint.save(payload(), tmp_path / "last.pt")
-
-
-MARKER_NAME = "pwned"
-
-
-class RunsCode:
-    """Unpickling this calls os.mkdir(marker): stands for arbitrary code execution."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.mkdir, (self.marker,)
-
-
-def malicious_checkpoint(directory, marker) -> str:
-    path = directory / "evil.pt"
-    torch.save({"format": checkpoint.FORMAT, "model": {}, "payload": RunsCode(str(marker))}, path)
-    return path
 
 
 def test_crafted_file_really_runs_code_when_unpickled(tmp_path):

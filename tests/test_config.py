@@ -1,8 +1,10 @@
 from __future__ import annotations
 
-import pytest
+import re
 
+import pytest
 from conftest import ROOT
+
 from s2s import config
 from s2s.errors import ConfigError
 
@@ -19,7 +21,8 @@ def test_peer_matched_is_the_peer_model():
     assert (m.emb_size, m.hidden_size, m.layers, m.bidirectional) == (256, 512, 1, True)
     assert (m.cell, m.attention, m.input_feeding, m.dropout) == ("lstm", "general", True, 0.3)
     assert (t.lr, t.batch_size, t.batch_type, t.label_smoothing) == (1e-3, 64, "sents", 0.0)
-    assert (d.vocab_size, d.spm_model_type, d.joint_vocab, d.max_len) == (8000, "unigram", True, 100)
+    got = (d.vocab_size, d.spm_model_type, d.joint_vocab, d.max_len)
+    assert got == (8000, "unigram", True, 100)
 
 
 def test_overrides_are_typed():
@@ -67,3 +70,69 @@ def test_round_trip(tmp_path):
     cfg = config.load(ROOT / "configs" / "toy.yaml")
     config.dump(cfg, tmp_path / "c.yaml")
     assert config.load(tmp_path / "c.yaml") == cfg
+
+
+# -- rules and resumability live on the fields -------------------------------------------------
+def test_every_rule_sits_on_a_real_numeric_field_with_help():
+    import dataclasses
+    import typing
+
+    from s2s.config import RESUMABLE, RULES, fields_of
+
+    keys = dict(fields_of())
+    assert RESUMABLE and RESUMABLE <= keys.keys()
+    for key, f in keys.items():
+        assert f.metadata.get("help"), f"{key} has no help text"
+        rule = f.metadata.get("rule")
+        if rule is not None:
+            assert rule in RULES
+            hint = typing.get_type_hints(
+                {"data": config.DataConfig, "model": config.ModelConfig,
+                 "train": config.TrainConfig}[key.split(".")[0]])[f.name]
+            assert hint in (int, float), f"{key}: a range rule on a {hint} field"
+    assert not [f for f in dataclasses.fields(config.Config) if f.metadata.get("rule")]
+
+
+@pytest.mark.parametrize("key, bad, rule", [("train.lr", 0, "> 0"), ("model.dropout", 1.0,
+                                            "in [0, 1)"), ("train.patience", -1, ">= 0"),
+                                            ("train.momentum", 1.5, "in [0, 1)")])
+def test_rules_from_the_fields_are_enforced(key, bad, rule):
+    with pytest.raises(ConfigError, match=re.escape(f"'{key}' must be {rule}, got {bad!r}")):
+        config.from_dict({}, [f"{key}={bad}"])
+
+
+def test_resumable_keys_are_the_budgets_intervals_and_machine_settings():
+    from s2s.config import RESUMABLE
+
+    assert {"train.max_steps", "train.max_time", "train.precision", "train.threads"} <= RESUMABLE
+    assert not RESUMABLE & {"train.lr", "model.hidden_size", "data.vocab_size", "train.seed"}
+
+
+def test_s2s_config_prints_every_key_with_help_and_reads_back(tmp_path):
+    from click.testing import CliRunner
+
+    from s2s.cli import main
+    from s2s.config import fields_of
+
+    result = CliRunner().invoke(main, ["config", str(ROOT / "configs" / "toy.yaml"), "--set",
+                                       "train.lr=0.01", "--set", "model.cell=gru"])
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    for key, f in fields_of():
+        name = key.split(".")[1]
+        assert any(line.strip().startswith(f"{name}:") and f.metadata["help"] in line
+                   for line in text.splitlines()), key
+    assert "lr: 0.01  # " in text and "(default: 0.001)" in text
+    path = tmp_path / "resolved.yaml"
+    path.write_text(text, encoding="utf-8")
+    expected = config.load(ROOT / "configs" / "toy.yaml", ["train.lr=0.01", "model.cell=gru"])
+    assert config.load(path) == expected
+
+
+def test_s2s_config_reports_bad_keys():
+    from click.testing import CliRunner
+
+    from s2s.cli import main
+
+    result = CliRunner().invoke(main, ["config", "--set", "train.bogus=1"])
+    assert result.exit_code == 1 and "unknown key 'train.bogus'" in result.output

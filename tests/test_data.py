@@ -119,7 +119,8 @@ def test_changed_file_is_reloaded_not_served_from_cache(tmp_path):
 
 def test_changed_file_with_same_size_and_mtime_is_reloaded(tmp_path):
     """What `cp -p` / `rsync -t` of another same-size file does."""
-    src, tgt = write(tmp_path / "train.en", ["a b"]), write(tmp_path / "train.de", ["zo"])
+    src = write(tmp_path / "train.en", ["a b"])
+    write(tmp_path / "train.de", ["zo"])
     cfg = cfg_for(tmp_path)
     assert pairs(data.load_split(cfg, "train")) == [("a b", "zo")]
     before = os.stat(src)

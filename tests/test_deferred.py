@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from s2s.ops import deferred
 from s2s.config import ModelConfig
 from s2s.model import Seq2Seq
+from s2s.ops import deferred
 
 
 def _loop(lin, w, b, w2, xs):

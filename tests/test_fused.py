@@ -10,8 +10,7 @@ import torch
 
 from s2s.cells.fused import kernels
 from s2s.cells.fused.lstm import FusedLSTMCell, _CompiledPointwise, _CompiledSequence, _Sequence
-from s2s.cells.lstm import LSTMPointwise
-from s2s.cells.lstm import LSTMCell
+from s2s.cells.lstm import LSTMCell, LSTMPointwise
 
 
 def _pair(inp=5, hid=4):
@@ -31,7 +30,8 @@ def test_forward_outputs_and_gradients_equal_lstm():
     results = []
     for cell in (fused, plain):
         out, (h, c) = cell(x, lengths, (h0, c0))
-        loss = (out * torch.linspace(-1, 1, 4, dtype=torch.double)).sum() + 2 * h.sum() + 3 * c.sum()
+        weights = torch.linspace(-1, 1, 4, dtype=torch.double)
+        loss = (out * weights).sum() + 2 * h.sum() + 3 * c.sum()
         grads = torch.autograd.grad(loss, [x, *cell.parameters()])
         results.append((out, h, c, grads))
     (o1, h1, c1, g1), (o2, h2, c2, g2) = results
@@ -67,6 +67,64 @@ def test_gradcheck_sequence_and_pointwise():
                                     (x, h0, c0, *fused.parameters()))
     gates = torch.randn(2, 8, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(LSTMPointwise.apply, (gates, c0))
+
+
+# -- the pure-PyTorch path (_Sequence): gradients as the compiled path gives them ---------------
+
+
+@pytest.fixture
+def pure_pytorch(monkeypatch):
+    """fused-lstm's sequences take the pure-PyTorch path (_Sequence), as where the compiled
+    kernels cannot be used."""
+    monkeypatch.setattr(kernels, "usable", lambda *tensors, bf16=False: False)
+
+
+def _sequence_gradients(out: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple:
+    """What _Sequence.backward itself returns for these outputs (before autograd drops or
+    accumulates anything), one entry per input of _Sequence.forward."""
+    assert out.grad_fn.name() == "_SequenceBackward"  # the pure-PyTorch path ran
+    return out.grad_fn.apply(torch.ones_like(out), torch.ones_like(h), torch.ones_like(c))
+
+
+def test_pure_pytorch_path_with_frozen_weights_gives_input_gradients_only(pure_pytorch):
+    fused, plain = _pair(5, 4)
+    for cell in (fused, plain):
+        cell.weight_ih.requires_grad_(False)
+        cell.weight_hh.requires_grad_(False)
+    x = torch.randn(3, 6, 5, dtype=torch.double, requires_grad=True)
+    lengths = torch.tensor([6, 2, 4])
+    h0 = torch.randn(3, 4, dtype=torch.double, requires_grad=True)
+    c0 = torch.randn(3, 4, dtype=torch.double, requires_grad=True)
+    results = []
+    for cell in (fused, plain):
+        out, (h, c) = cell(x, lengths, (h0, c0))
+        loss = (out * torch.linspace(-1, 1, 4, dtype=torch.double)).sum() + 2 * h.sum() \
+            + 3 * c.pow(2).sum()
+        results.append(torch.autograd.grad(loss, [x, h0, c0, cell.bias_ih, cell.bias_hh]))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+    out, (h, c) = fused(x, lengths, (h0, c0))
+    d_x, _, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh = _sequence_gradients(out, h, c)
+    assert d_w_ih is None and d_w_hh is None  # not computed for frozen weights
+    assert all(g is not None for g in (d_x, d_h0, d_c0, d_b_ih, d_b_hh))
+    out, (h, c) = fused(x.detach(), lengths)  # no initial state, x without gradient
+    grads = _sequence_gradients(out, h, c)
+    assert [g is None for g in grads] == [True] * 6 + [False] * 2  # the biases' only
+
+
+def test_pure_pytorch_path_gives_each_bias_its_own_gradient(pure_pytorch):
+    fused, _ = _pair(5, 4)
+    x, lengths = torch.randn(3, 6, 5, dtype=torch.double), torch.tensor([6, 2, 4])
+    out, (h, c) = fused(x, lengths)
+    d_b_ih, d_b_hh = _sequence_gradients(out, h, c)[6:]
+    assert d_b_ih is not d_b_hh and d_b_ih.data_ptr() != d_b_hh.data_ptr()
+    torch.testing.assert_close(d_b_ih, d_b_hh)
+    out, (h, c) = fused(x, lengths)
+    (out.sum() + h.sum()).backward()
+    b_ih, b_hh = fused.bias_ih.grad, fused.bias_hh.grad
+    torch.testing.assert_close(b_ih, b_hh)
+    b_ih.add_(1.0)  # an in-place update of one leaves the other alone
+    torch.testing.assert_close(b_ih - 1.0, b_hh)
 
 
 def test_weights_interchangeable_with_torch_lstm():
@@ -120,7 +178,8 @@ def test_model_with_fused_matches_model_with_lstm(attention):
 
 # -- the compiled kernels (float32 CPU): same results as the pure-PyTorch path --------------------
 
-needs_kernels = pytest.mark.skipif(kernels.ops() is None, reason="fused-lstm kernels not built here")
+needs_kernels = pytest.mark.skipif(kernels.ops() is None,
+                                   reason="fused-lstm kernels not built here")
 
 
 def _float_pair(inp, hid):
@@ -131,15 +190,21 @@ def _float_pair(inp, hid):
     return fused, plain
 
 
+# the CPU features each register-tiled build needs (lstm_kernels.cpp's cpu_isa)
+PANEL_FEATURES = {"avx512": "avx512f", "avx2": "avx2 and fma"}
+
+
 def _use_products(products: str, monkeypatch) -> None:
-    """Select a sequence-kernel product path for one test; skip (naming why) if this CPU
-    cannot run it."""
+    """Select a sequence-kernel product path for one test; skip, naming the CPU feature that
+    is missing, if this CPU cannot run it (never test another path in its place)."""
     monkeypatch.setenv("S2S_FUSED_PANELS", products)
-    if kernels.panel_path() != products:
+    runs = kernels.panel_path()
+    if runs != products:
         from s2s.ops.runtime import cpu_kind
 
-        pytest.skip(f"{products} panels need a CPU with {products.upper()}; this one is "
-                    f"{cpu_kind()} (runs {kernels.panel_path()})")
+        needed = PANEL_FEATURES.get(products, products)
+        pytest.skip(f"{products} panels need a CPU with {needed}; this one is {cpu_kind()} "
+                    f"(it would run {runs} instead)")
 
 
 @needs_kernels

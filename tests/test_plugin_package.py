@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
-
 import synthetic
+from click.testing import CliRunner
 from conftest import ROOT
+
 from s2s.cells import registry
 from s2s.cells.lstm import LSTMCell
 from s2s.cli import main

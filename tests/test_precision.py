@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from s2s import checkpoint, config, precision
-from s2s.ops import gemm
 from s2s.cells.gru import GRUCell
 from s2s.cells.lstm import LSTMCell
 from s2s.cli import main
+from s2s.ops import gemm
 from s2s.translate import Translator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +75,7 @@ def test_auto_is_the_default_and_every_shipped_recipe_uses_it():
 
 
 def _train_toy(run, toy_data, *extra):
-    from s2s.train import train
+    from s2s.training import train
 
     cfg = config.load(os.path.join(ROOT, "configs", "toy.yaml"),
                       [f"data.dir={toy_data}", "train.max_steps=4", "train.checkpoint_every=2",
@@ -99,14 +99,14 @@ def test_training_stores_what_auto_chose(tmp_path, toy_data, cpu, monkeypatch):
 
 
 def test_resume_on_a_cpu_that_chooses_otherwise_says_so(tmp_path, toy_data, cpu, monkeypatch):
-    from s2s.train import Trainer, resume
+    from s2s.training import Trainer, resume
 
     cpu(SPR)
     run = tmp_path / "run"
     _train_toy(run, toy_data, "train.precision=auto")
     cpu(AVX2)
     messages = []
-    monkeypatch.setattr(Trainer, "_say", lambda self, m: messages.append(m))
+    monkeypatch.setattr(Trainer, "_say", lambda self, m, level=None: messages.append(m))
     resume(run, overrides=["train.max_steps=6"], console=False)
     assert any("trained in bf16 so far and continues in fp32" in m for m in messages)
     assert checkpoint.load(run / "checkpoints" / "last.pt")["precision"] == "fp32"

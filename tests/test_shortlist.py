@@ -10,12 +10,12 @@ import random
 import pytest
 import torch
 from click.testing import CliRunner
-from test_search import padded, sources, tiny_model
+from tiny_models import padded, sources, tiny_model
 
 from s2s import checkpoint, search, shortlist
-from s2s.ops import gemm
 from s2s.cli import main
 from s2s.errors import CheckpointError
+from s2s.ops import gemm
 from s2s.tokenizer import EOS, PAD, UNK
 
 

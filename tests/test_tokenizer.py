@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 import synthetic
+
 from s2s.config import DataConfig
 from s2s.errors import CheckpointError, DataError
-from s2s.tokenizer import BOS, EOS, JOINT, KEPT, PAD, SRC, SPECIALS, TGT, UNK, Side, Tokenizer
+from s2s.tokenizer import BOS, EOS, JOINT, KEPT, PAD, SPECIALS, SRC, TGT, UNK, Side, Tokenizer
 
 SRC_LINES = synthetic.sentences(300, seed=11)
 TGT_LINES = [synthetic.translate(s) for s in SRC_LINES]

@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from s2s import checkpoint, config
 from s2s.cli import main
 from s2s.errors import ConfigError, TrainingError
-from s2s.train import Trainer, _lr_factor, resume, train
+from s2s.training import Trainer, resume, train
+from s2s.training.optim import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "configs" / "toy.yaml"
@@ -229,7 +230,7 @@ def test_resume_refuses_another_model_shape(reference, tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_that_runs_code(tmp_path):
-    from test_checkpoint import MARKER_NAME, malicious_checkpoint
+    from malicious import MARKER_NAME, malicious_checkpoint
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -275,7 +276,7 @@ def test_average_last_checkpoints(reference, tmp_path):
 
 def _factor(**train):
     cfg = config.from_dict({"train": {"lr": 1.0, **train}})
-    return _lr_factor(cfg.train)
+    return lr_factor(cfg.train)
 
 
 def test_warmup_then_inverse_sqrt():

@@ -1,7 +1,10 @@
 """`s2s translate` options (n-best, scores, alignments, penalties, sampling, ensembles,
---max-tokens), `s2s score`, and streaming from a pipe."""
+--max-tokens), `s2s score`, streaming from a pipe, and SearchOptions (s2s.options): validation and
+the defaults the CLI and the Python API take from it."""
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import subprocess
@@ -9,11 +12,15 @@ import sys
 import threading
 import time
 
+import click
 import pytest
 from click.testing import CliRunner
 
+from s2s import options
 from s2s.cli import main
-from s2s.translate import Translator, read_batches
+from s2s.errors import ConfigError
+from s2s.options import LENGTH_PENALTIES, SearchOptions
+from s2s.translate import Translator, read_batches, translate_lines
 
 LINES = ["a b c", "", "d e f g", "l k j"]
 
@@ -166,3 +173,81 @@ def test_lstm_step_under_bf16_autocast_is_close_to_fp32():
         got, (_, c_got) = cell.step(x, (h, c))
     torch.testing.assert_close(got.float(), expected, rtol=0, atol=3e-2)
     torch.testing.assert_close(c_got.float(), c_expected, rtol=0, atol=3e-2)
+
+
+# -- SearchOptions: the one validated source of decoding defaults -----------------------------
+
+@pytest.mark.parametrize("name, value, allowed", [
+    ("length_penalty", "gnmtt", "one of none, average, gnmt"),
+    ("beam", 0, "an integer >= 1"), ("nbest", 0, "an integer >= 1"),
+    ("alpha", -0.1, "a number >= 0"), ("coverage_penalty", -1, "a number >= 0"),
+    ("min_len", -1, "an integer >= 0"), ("max_len_a", -2.0, "a number >= 0"),
+    ("max_len_b", -1, "an integer >= 0"), ("temperature", 0, "a number > 0"),
+    ("top_k", -1, "an integer >= 0"), ("top_p", 0, "a number in (0, 1]"),
+    ("top_p", 1.5, "a number in (0, 1]"), ("beam", 2.5, "an integer >= 1"),
+    ("beam", "5", "an integer >= 1"), ("alpha", float("nan"), "a number >= 0"),
+])
+def test_search_options_reject_bad_values_naming_what_is_allowed(name, value, allowed):
+    with pytest.raises(ConfigError) as caught:
+        SearchOptions(**{name: value})
+    assert str(caught.value) == f"{name} {value!r} is not {allowed}"
+
+
+def test_search_options_accept_the_edges_of_their_ranges():
+    SearchOptions(beam=1, nbest=1, alpha=0, coverage_penalty=0, min_len=0, max_len_a=0,
+                  max_len_b=0, temperature=1e-9, top_k=0, top_p=1)
+    for kind in LENGTH_PENALTIES:
+        SearchOptions(length_penalty=kind)
+
+
+def test_cli_defaults_and_allowed_values_are_search_options():
+    command = main.commands["translate"]
+    params = {p.name: p for p in command.params}
+    ctx = click.Context(command)
+    cli_name = {"sampling": "sample", "attention": "output_alignments"}
+    for field in dataclasses.fields(SearchOptions):
+        param = params[cli_name.get(field.name, field.name)]
+        assert param.get_default(ctx) == field.default, field.name
+        meta = field.metadata
+        if "choices" in meta:
+            assert tuple(param.type.choices) == meta["choices"] == LENGTH_PENALTIES
+        elif "min" in meta:
+            ranged = click.IntRange if isinstance(field.default, int) else click.FloatRange
+            assert type(param.type) is ranged, field.name
+            assert (param.type.min, param.type.max, param.type.min_open) == \
+                (meta["min"], meta.get("max"), meta.get("min_open", False)), field.name
+    assert params["shortlist_frequent"].get_default(ctx) == options.DEFAULT_FREQUENT
+    signature = inspect.signature(Translator.search)
+    assert signature.parameters["shortlist_frequent"].default == options.DEFAULT_FREQUENT
+    # the Python API re-types no search default: SearchOptions' apply
+    for function in (translate_lines, Translator.search, Translator.translate):
+        assert not set(inspect.signature(function).parameters) & set(options.FIELDS)
+
+
+def test_cli_rejects_an_unknown_length_penalty_with_the_allowed_ones(tmp_path):
+    result = CliRunner().invoke(main, ["translate", str(tmp_path), "--length-penalty", "bogus"])
+    assert result.exit_code == 2
+    assert "'bogus' is not one of 'none', 'average', 'gnmt'" in result.output
+
+
+def test_length_penalty_of_an_unknown_kind_is_an_error():
+    import torch
+
+    from s2s import search
+
+    with pytest.raises(ConfigError, match="length_penalty 'gnmtt' is not one of none, average, "
+                                          "gnmt"):
+        search.length_penalty(torch.tensor([3]), "gnmtt", 0.6)
+
+
+def test_source_limit_is_twice_the_training_limit():
+    from s2s import config
+
+    cfg = config.from_dict({}, source="test")
+    assert options.source_limit(cfg) == 2 * cfg.data.max_len
+
+
+def test_cli_import_does_not_import_torch():
+    code = "import sys, s2s.cli; assert 'torch' not in sys.modules and 's2s.search' not in " \
+           "sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 's2s')))"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,9 +6,8 @@ import multiprocessing
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
-
 import workers
+from torch.utils.data import DataLoader
 
 pytest.importorskip("s2s_lnlstm", reason="pip install -e plugins/s2s-lnlstm")
 

@@ -55,8 +55,8 @@ def main() -> None:
     from s2s.ops.deferred import deferred_weight_grads
 
     cls, _ = registry.load(args.cell)
-    from s2s.ops import gemm
     from s2s.cells.fused import kernels
+    from s2s.ops import gemm
     from s2s.ops.runtime import cpu_kind
     from s2s.precision import native_bf16
 
@@ -96,7 +96,8 @@ def main() -> None:
                 tb += _time(b, 1)
         ma, mb = statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
         print(json.dumps({"case": "decoder_step_B64_I768_H512_T20_fwd_bwd", "precision": precision,
-                          "cell": args.cell, "cell_ms": round(ma, 2), "torch_LSTMCell_ms": round(mb, 2),
+                          "cell": args.cell, "cell_ms": round(ma, 2),
+                          "torch_LSTMCell_ms": round(mb, 2),
                           "speedup": round(mb / ma, 3), "threads": args.threads, **where}))
 
     if args.case == "stepping":

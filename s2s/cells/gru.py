@@ -6,8 +6,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from s2s.ops import gemm
 from s2s.cells.base import State, StepCell, packed_run, zeros_state
+from s2s.ops import gemm
 
 
 class GRUCell(StepCell):

@@ -6,9 +6,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from s2s.ops import gemm
-from s2s.ops import deferred
 from s2s.cells.base import State, StepCell, packed_run, zeros_state
+from s2s.ops import deferred, gemm
 
 
 def gates_forward(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -92,4 +92,5 @@ class Attention(nn.Module):
         weights = torch.softmax(scores, dim=-1)  # [B, S]
         context = _Context.apply(weights, memory)  # [B, H_mem]
         attn_h = linear(torch.cat([context, query], dim=-1), self.out.weight, self.out.bias)
-        return torch.tanh(attn_h), weights  # deferred weight grads in training: see s2s.ops.deferred
+        # deferred weight gradients in training: see s2s.ops.deferred
+        return torch.tanh(attn_h), weights

@@ -37,7 +37,8 @@ class Encoder(nn.Module):
         self.dropout = Dropout(cfg.dropout)
 
     def forward(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, list[State]]:
-        """src [B, S], lengths [B] -> (memory [B, S, H], final state of each layer ([B, H] each))."""
+        """src [B, S], lengths [B] -> (memory [B, S, H], final state of each layer ([B, H]
+        each))."""
         x = self.dropout(self.embed(src))  # [B, S, E]
         finals: list[State] = []
         for i, layer in enumerate(self.layers):

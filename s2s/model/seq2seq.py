@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s2s.ops import gemm
 from s2s.cells import State
-from s2s.ops.masks import length_mask
-from s2s.ops.deferred import deferred_weight_grads
 from s2s.config import ModelConfig
 from s2s.model.decoder import Decoder
 from s2s.model.encoder import Encoder
+from s2s.ops import gemm
+from s2s.ops.deferred import deferred_weight_grads
+from s2s.ops.masks import length_mask
 from s2s.tokenizer import PAD
 
 
@@ -106,7 +106,8 @@ class Seq2Seq(nn.Module):
         layers, feed, outputs = state.layers, state.feed, []
         # each step's weight gradients become one GEMM over all steps (see s2s.ops.deferred)
         with deferred_weight_grads():
-            for emb_t in emb.unbind(1):  # unbind: one backward node, not a zero-filled slice per step
+            # unbind: one backward node, not a zero-filled slice per step
+            for emb_t in emb.unbind(1):
                 feed, layers, _ = self.decoder.step(emb_t, layers, feed, *enc)
                 outputs.append(feed)
         return torch.stack(outputs, dim=1)  # [B, T, H]

@@ -18,8 +18,8 @@ Legend: B batch, I input size, O output size, N = sum over steps of B.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import Tensor

@@ -2,8 +2,8 @@
 
 torch's float32 `mm`/`addmm`/`F.linear` call MKL; torch also ships oneDNN. Which is faster
 depends on the CPU: on an AVX-512 EPYC oneDNN ran the products 1.1-1.4x faster, most for the
-skinny per-step GEMMs of a decoder (B=64 rows); on an AVX2 EPYC the two were within 10%
-(docs/benchmarks.md). So the backend is measured, not assumed: the first process on a machine
+skinny per-step GEMMs of a decoder (B=64 rows); on an AVX2 EPYC 1.34-1.42x at 2 threads but 1.1x
+at 1 (docs/benchmarks.md). So the backend is measured, not assumed: the first process on a machine
 times a few decoder-shaped products both ways (about 0.2 s) and keeps the winner in
 `$S2S_CACHE/gemm/` (default `~/.cache/s2s/gemm/`), per CPU, torch version and thread count.
 `S2S_GEMM=onednn` or `S2S_GEMM=torch` (MKL) overrides the measurement.
@@ -19,7 +19,6 @@ of float32 CPU inputs without autograd use dynamic int8 products instead (s2s.op
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -27,10 +26,8 @@ import os
 import tempfile
 import threading
 import time
-import warnings
-import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -12,7 +12,7 @@ import functools
 import threading
 import warnings
 import weakref
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -101,7 +101,8 @@ def int8_active() -> bool:
 
 def usable(x: Tensor, weight: Tensor) -> bool:
     """Whether `linear` of x and weight runs as an int8 product here (inside `int8()`)."""
-    return int8_active() and x.dtype == torch.float32 and x.device.type == "cpu" and weight.dim() == 2 \
+    return int8_active() and x.dtype == torch.float32 and x.device.type == "cpu" \
+        and weight.dim() == 2 \
         and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
 
 

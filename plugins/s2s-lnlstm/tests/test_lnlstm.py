@@ -7,8 +7,9 @@ import torch
 
 pytest.importorskip("s2s_lnlstm", reason="pip install -e plugins/s2s-lnlstm")
 
-from s2s.testing import check_cell  # noqa: E402
 from s2s_lnlstm import LayerNormLSTMCell  # noqa: E402
+
+from s2s.testing import check_cell  # noqa: E402
 
 
 @pytest.mark.parametrize("options", [{}, {"eps": 1e-3, "forget_bias": 0.0}])

@@ -22,11 +22,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from s2s.ops import gemm
 from s2s.cells.base import State
-from s2s.ops.masks import length_mask
 from s2s.cells.fused import kernels
 from s2s.cells.lstm import LSTMCell, gates_backward, gates_forward
+from s2s.ops import gemm
+from s2s.ops.masks import length_mask
 
 
 class _CompiledPointwise(torch.autograd.Function):
@@ -126,13 +126,19 @@ class _Sequence(torch.autograd.Function):
             d_gates_all[:, t] = d_gates
             d_c = d_c_prev + d_c * (1 - keep)
             d_h = torch.addmm(d_h * (1 - keep), d_gates, w_hh)
+        # as _CompiledSequence: gradients only for the inputs that need one (frozen weights get
+        # none), and each bias its own tensor
+        needs = ctx.needs_input_grad
         flat = d_gates_all.view(batch * time, 4 * hidden)  # [B*T, 4H]
-        d_x = (flat @ w_ih).view_as(x) if ctx.needs_input_grad[0] else None
-        d_w_ih = flat.t() @ x.reshape(batch * time, x.shape[2])  # [4H, I]
-        h_prev = hs[:time].transpose(0, 1).reshape(batch * time, hidden)  # [B*T, H]
-        d_w_hh = flat.t() @ h_prev  # [4H, H]
-        d_b = flat.sum(dim=0)
-        return d_x, None, d_h, d_c, d_w_ih, d_w_hh, d_b, d_b
+        d_x = (flat @ w_ih).view_as(x) if needs[0] else None
+        d_w_ih = flat.t() @ x.reshape(batch * time, x.shape[2]) if needs[4] else None  # [4H, I]
+        d_w_hh = None
+        if needs[5]:
+            h_prev = hs[:time].transpose(0, 1).reshape(batch * time, hidden)  # [B*T, H]
+            d_w_hh = flat.t() @ h_prev  # [4H, H]
+        d_b = flat.sum(dim=0) if needs[6] or needs[7] else None  # [4H]
+        return (d_x, None, d_h if needs[2] else None, d_c if needs[3] else None, d_w_ih, d_w_hh,
+                d_b if needs[6] else None, d_b.clone() if needs[7] else None)
 
 
 class FusedLSTMCell(LSTMCell):

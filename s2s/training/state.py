@@ -1,0 +1,89 @@
+"""The training state a checkpoint holds besides weights and optimizer: counters, the kept
+best checkpoints, the random generators, and the run's provenance (cell, versions)."""
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from importlib import metadata
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from s2s import __version__
+from s2s.cells import registry
+
+
+class Kept(NamedTuple):
+    """A best checkpoint kept on disk: its validation metric (higher is better) and step."""
+
+    metric: float
+    step: int
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs to continue where its checkpoint left off, besides the
+    model, optimizer and schedule. Stored flat in the checkpoint (to_dict / from_dict)."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_pos: int = 0  # the next batch of this epoch
+    best_kept: list[Kept] = field(default_factory=list)  # best first
+    bad_validations: int = 0  # validations since the last improvement
+    nonfinite: int = 0  # non-finite steps in a row
+    skipped: int = 0  # non-finite steps in total
+    elapsed: float = 0.0  # training seconds of the run so far (at the last save / restore)
+    tokens_seen: int = 0  # for the run's target tokens/s
+    step_time: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["best_kept"] = [[float(k.metric), int(k.step)] for k in self.best_kept]
+        return out
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> TrainState:
+        """The state of a checkpoint payload (KeyError / TypeError / ValueError if it has
+        none)."""
+        values = {f.name: payload[f.name] for f in fields(cls)}
+        values["best_kept"] = [Kept(float(metric), int(step)) for metric, step in
+                               values["best_kept"]]
+        return cls(**values)
+
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [kind, keys.tolist(), pos, has_gauss, cached]}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cell_info(name: str) -> dict[str, str]:
+    """Where the cell `name` comes from: entry-point value, distribution and its version."""
+    entry = registry.find(name)
+    return {"name": entry.name, "value": entry.value, "dist": entry.dist, "version": entry.version}
+
+
+def versions() -> dict[str, str]:
+    out = {"s2s": __version__, "torch": str(torch.__version__), "python": sys.version.split()[0]}
+    for dist in ("sentencepiece", "sacrebleu"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

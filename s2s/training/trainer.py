@@ -1,0 +1,278 @@
+"""The trainer: set-up, the step loop, one optimizer step, budgets and signals. Preparation,
+state, checkpoint keeping, validation and the optimizer live in their own modules here."""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from s2s import checkpoint, config, console
+from s2s import precision as precisions
+from s2s.batching import bucket_batches
+from s2s.cells import registry
+from s2s.errors import CheckpointError, ConfigError, TrainingError
+from s2s.model import Seq2Seq
+from s2s.ops import gemm
+from s2s.ops.runtime import limit_onednn_caches, set_threads, tune_allocator
+from s2s.training import optim, report, step, validation
+from s2s.training.keeper import Keeper
+from s2s.training.prepare import build_lexicon, prepare
+from s2s.training.signals import StopSignals
+from s2s.training.state import TrainState, cell_info, rng_state, seed_all, set_rng_state, versions
+
+CONFIG_FILE = "config.yaml"
+TB_DIR = "tensorboard"
+LOG_FILE = "train_log.jsonl"
+log = logging.getLogger("s2s")
+
+
+class Trainer:
+    def __init__(self, cfg: config.Config, run_dir: str | Path, *, console: bool = True,
+                 resume: dict[str, Any] | None = None) -> None:
+        self.cfg, self.run_dir, self.console = cfg, Path(run_dir), console
+        self.resume_from = resume  # the payload of the checkpoint to continue from
+        self.ckpt_dir = self.run_dir / checkpoint.CHECKPOINT_DIR
+        self.state = TrainState()
+        self.keeper = Keeper(self.ckpt_dir, cfg.train, self.state, self._payload, self._say)
+        self.started = time.monotonic()
+        self.elapsed_before = 0.0  # training seconds of earlier sessions of this run
+        self.validated_step = -1
+        self.last_validation: dict[str, float] = {}
+        self.monitor = None
+        # made by setup()
+        self.precision = "fp32"
+        self.tokenizer = self.train_data = self.valid_data = self.lexicon = None
+        self.model = self.optimizer = self.scheduler = self.cell = None
+
+    def _say(self, message: str, level: int = logging.INFO) -> None:
+        if self.console:
+            log.log(level, message)
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        if self.resume_from is None and self.ckpt_dir.is_dir() and any(self.ckpt_dir.glob("*.pt")):
+            raise ConfigError(f"--run-dir {self.run_dir} already holds a trained run "
+                              f"({self.ckpt_dir}); continue it with `s2s train --resume "
+                              f"{self.run_dir}` or choose a new --run-dir")
+        cell_cls, entry = registry.load(cfg.model.cell)  # fail fast: before any data work
+        registry.check_options(cell_cls, entry, dict(cfg.model.cell_options))
+        set_threads(t.threads)
+        tune_allocator()
+        limit_onednn_caches()
+        # the precision this machine trains in (auto: bf16 only where it is native)
+        self.precision, note = precisions.decide(t.precision, "cpu", what="train.precision")
+        seed_all(t.seed)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config.dump(cfg, self.run_dir / CONFIG_FILE)
+        self.tokenizer, self.train_data, self.valid_data = prepare(cfg, self.run_dir, self._say)
+        kept = (self.resume_from or {}).get("lexicon")  # a resumed run keeps its lexicon
+        self.lexicon = kept if kept is not None else build_lexicon(
+            self.tokenizer, self.train_data, t.seed, self._say)
+        self.model = Seq2Seq(cfg.model, self.tokenizer.src_vocab_size,
+                             self.tokenizer.tgt_vocab_size)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self._say(f"model: {cfg.model.cell} cells, {n_params / 1e6:.2f}M parameters; "
+                  f"vocab {self.tokenizer.src_vocab_size}/{self.tokenizer.tgt_vocab_size}")
+        if note:
+            self._say(note)
+        self.optimizer = optim.optimizer(self.model.parameters(), t)
+        self.scheduler = optim.scheduler(self.optimizer, t)
+        self.cell = cell_info(cfg.model.cell)
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.scheduler.load_state_dict(payload["scheduler"])
+            restored = TrainState.from_dict(payload)
+            set_rng_state(payload["rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{self.ckpt_dir / 'last.pt'} cannot be resumed ({exc}); it "
+                                  f"was not written by this version's trainer") from exc
+        vars(self.state).update(vars(restored))  # the keeper holds the same state object
+        self.elapsed_before = restored.elapsed
+        self.keeper.saved_step = restored.step
+        s = self.state
+        self._say(f"resuming at step {s.step} (epoch {s.epoch}, batch {s.batch_pos})")
+        from s2s.training.resume import changed_arithmetic
+
+        for note in changed_arithmetic(payload, self.precision, self.cfg.train.precision):
+            self._say(note, logging.WARNING)
+
+    def _payload(self) -> dict[str, Any]:
+        self.state.elapsed = self._elapsed()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "config": config.to_dict(self.cfg),
+            "spm": self.tokenizer.to_bytes(),
+            "lexicon": self.lexicon,  # for translate --shortlist (s2s.shortlist)
+            **self.state.to_dict(),
+            "rng": rng_state(),
+            "cell": self.cell,
+            "precision": self.precision,  # what train.precision resolved to on this machine
+            "gemm": gemm.backend(),  # the float32 product backend (kept on resume)
+            "versions": versions(),
+        }
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    # -- one step --------------------------------------------------------------------------------
+    def train_step(self, groups: list[dict]) -> tuple[bool, float, float, int]:
+        """One optimizer step on `groups` (accum_steps batches of rows): see step.step."""
+        return step.step(self.model, self.optimizer, self.scheduler, groups, self.cfg.train,
+                         self.precision)
+
+    def _batches(self) -> Iterator[Any]:
+        """Training batches from the current position on, across epochs; state.epoch and
+        state.batch_pos always name the next batch."""
+        t, s = self.cfg.train, self.state
+        while not (t.max_epochs and s.epoch >= t.max_epochs):
+            batches = bucket_batches(self.train_data.src_len, self.train_data.tgt_len,
+                                     t.batch_size, t.batch_type, seed=t.seed, epoch=s.epoch)
+            while s.batch_pos < len(batches):
+                s.batch_pos += 1
+                yield batches[s.batch_pos - 1]
+            s.epoch, s.batch_pos = s.epoch + 1, 0
+
+    # -- validation ------------------------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        return validation.validate(self.model, self.tokenizer, self.valid_data, self.cfg,
+                                   self.precision, self.monitor, self.state.step)
+
+    def _validate_and_keep_best(self, scheduled: bool = True) -> dict[str, float]:
+        """Validate; a scheduled validation (every validate_every steps) also drives patience,
+        the plateau schedule and the best-K checkpoints. An unscheduled one (the final one of
+        a budget stop) only logs and, if it is the best so far, points best.pt at this step,
+        so a resumed run continues exactly as an uninterrupted one would."""
+        started = time.monotonic()
+        result = self.last_validation = self.validate()
+        self.validated_step = self.state.step
+        self.monitor.scalars(self.state.step, result)
+        metric = validation.metric(result, self.cfg.train.metric)
+        if scheduled and self.cfg.train.schedule == "plateau":
+            self.scheduler.step(metric)
+        improved = self.keeper.validated(metric, scheduled)
+        shown = "  ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in result.items())
+        self._say(f"step {self.state.step} validation: {shown}{'  (best)' if improved else ''}"
+                  f"  [{time.monotonic() - started:.0f}s]")
+        return result
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from s2s.monitor import Monitor
+
+        if self.console:
+            console.install()
+        self.setup()
+        t, s = self.cfg.train, self.state
+        self.started = time.monotonic()
+        self.monitor = Monitor(self.run_dir / TB_DIR, jsonl=self.run_dir / LOG_FILE,
+                               max_steps=t.max_steps, max_time=t.max_time, console=self.console,
+                               start_step=s.step, start_time=self.elapsed_before,
+                               purge_step=s.step + 1 if self.resume_from else None)
+        if self.resume_from is not None:
+            self.monitor.record({"resumed_from": s.step})
+        window = report.Window()
+        batches = self._batches()
+        try:
+            with StopSignals() as signals:
+                while True:
+                    if signals.received:
+                        return self._stop_on_signal(signals.received)
+                    reason = self._budget_spent()
+                    if reason:
+                        break
+                    group = list(itertools.islice(batches, t.accum_steps))
+                    if not group:
+                        reason = "max_epochs"
+                        break
+                    step_start = time.monotonic()
+                    finite, nll, grad_norm, tokens = self.train_step(
+                        [self.train_data.data[idx.tolist()] for idx in group])
+                    if not finite:
+                        self._nonfinite(nll, grad_norm)
+                        continue
+                    s.nonfinite = 0
+                    s.step += 1
+                    spent = time.monotonic() - step_start
+                    window.add(nll, tokens, grad_norm, spent)
+                    s.tokens_seen += tokens
+                    s.step_time += spent
+                    if s.step % t.log_every == 0:
+                        self._log(window)
+                        window = report.Window()
+                    self.monitor.advance(s.step, self._elapsed(),
+                                         {"ep": s.epoch, "loss": f"{nll / max(tokens, 1):.3f}"})
+                    if s.step % t.validate_every == 0:
+                        self._validate_and_keep_best()
+                    if s.step % t.checkpoint_every == 0:
+                        self.keeper.save()
+                if window.steps:
+                    self._log(window)
+                final = self.last_validation if self.validated_step == s.step else \
+                    self._validate_and_keep_best(scheduled=False)  # not just validated
+                self.keeper.save(final=True)
+                self.monitor.hparams(report.hparams(self.cfg, self.precision),
+                                     {f"hparam/{k.split('/')[1]}": v for k, v in final.items()})
+        finally:
+            self.monitor.close()
+        return {"step": s.step, "epoch": s.epoch, "stopped_by": reason,
+                "skipped_steps": s.skipped,
+                "train_tgt_tok_s": s.tokens_seen / max(s.step_time, 1e-9), **final}
+
+    def _budget_spent(self) -> str:
+        """Why training must stop before another step ("" to go on)."""
+        t, s = self.cfg.train, self.state
+        if t.max_steps and s.step >= t.max_steps:
+            return "max_steps"
+        if t.max_time and self._elapsed() >= t.max_time:
+            return "max_time"
+        if self.keeper.out_of_patience():
+            self._say(f"early stopping: no better val {t.metric} in {t.patience} validations")
+            return "early stopping"
+        return ""
+
+    def _stop_on_signal(self, name: str) -> dict[str, Any]:
+        self.keeper.save(final=True)
+        s = self.state
+        return {"step": s.step, "epoch": s.epoch, "stopped_by": name, "skipped_steps": s.skipped,
+                "checkpoint": str(checkpoint.step_file(self.ckpt_dir, s.step))}
+
+    def _nonfinite(self, nll: float, grad_norm: float) -> None:
+        t, s = self.cfg.train, self.state
+        s.nonfinite += 1
+        s.skipped += 1
+        self.monitor.scalars(s.step, {"train/skipped_steps": s.skipped})
+        self._say(f"non-finite {'loss' if not math.isfinite(nll) else 'gradient'} after step "
+                  f"{s.step}: update skipped ({s.nonfinite} in a row)", logging.WARNING)
+        if s.nonfinite >= t.max_nonfinite:
+            kept = (f"the last checkpoint ({self.ckpt_dir / 'last.pt'}) is intact"
+                    if (self.ckpt_dir / "last.pt").exists() else "no checkpoint was written")
+            raise TrainingError(f"training stopped: {s.nonfinite} non-finite losses or "
+                                f"gradients in a row after step {s.step} "
+                                f"(train.max_nonfinite={t.max_nonfinite}); {kept}. Lower "
+                                f"train.lr, add train.warmup_steps, lower train.clip_norm or "
+                                f"use train.precision=fp32")
+
+    def _log(self, window: report.Window) -> None:
+        values = window.values(self.optimizer.param_groups[0]["lr"])
+        self.monitor.scalars(self.state.step, values)
+        if not sys.stderr.isatty():  # no progress bar: a log line with rate and ETA instead
+            self._say(report.progress_line(self.state.step, values, self._elapsed(),
+                                           self.cfg.train))
+
+
+def train(cfg: config.Config, run_dir: str | Path, *, console: bool = True) -> dict[str, Any]:
+    """Train `cfg` into the new run directory `run_dir`; returns the final figures."""
+    return Trainer(cfg, run_dir, console=console).run()
