@@ -32,7 +32,7 @@ def test_sgd_with_momentum_descends():
         opt.zero_grad()
         (w ** 2).sum().backward()
         opt.step()
-    assert abs(float(w)) < 1e-3
+    assert abs(float(w.detach())) < 1e-3
 
 
 def test_an_unknown_optimizer_lists_the_known_ones():
