@@ -31,13 +31,15 @@ class Hypothesis:
 def length_penalty(lengths: Tensor, kind: str, alpha: float) -> Tensor:
     """Divisor of a hypothesis's log-probability; lengths count EOS. Non-decreasing in length.
     `kind`: one of s2s.options.LENGTH_PENALTIES (anything else is a ConfigError)."""
-    check_option("length_penalty", kind)
     lengths = lengths.float()
+    if kind == "none":
+        return torch.ones_like(lengths)
     if kind == "average":
         return lengths
     if kind == "gnmt":
         return ((5.0 + lengths) / 6.0) ** alpha
-    return torch.ones_like(lengths)  # none
+    check_option("length_penalty", kind)  # raises: not one of the allowed kinds
+    raise AssertionError(f"length penalty {kind!r} is allowed but not implemented")
 
 
 def coverage_penalty(coverage: Tensor, src_mask: Tensor, beta: float) -> Tensor:

@@ -52,9 +52,19 @@ def build(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], src_vocab:
                            count=int(src_len.sum()))
     tgt_flat = tgt_flat[:int(tgt_len.sum())]
     table = np.full((src_vocab, k), EOS, dtype=np.int32)
-    if sizes.sum() == 0:
-        return {"table": torch.from_numpy(table), "frequent": torch.from_numpy(
-            frequent.astype(np.int32))}
+    if sizes.sum():
+        _fill_table(table, src_flat, tgt_flat, src_len, tgt_len, sizes, tgt_vocab, iterations)
+    return {"table": torch.from_numpy(table),
+            "frequent": torch.from_numpy(frequent.astype(np.int32))}
+
+
+def _fill_table(table: np.ndarray, src_flat: np.ndarray, tgt_flat: np.ndarray,
+                src_len: np.ndarray, tgt_len: np.ndarray, sizes: np.ndarray, tgt_vocab: int,
+                iterations: int) -> None:
+    """IBM model 1 by EM over every co-occurring (source, target) position pair; writes the
+    best targets of each source piece into `table` [Vs, k], best first."""
+    src_vocab, k = table.shape
+    use = len(sizes)
     # every (source position, target position) of every pair: entry e of pair n
     pair = np.repeat(np.arange(use), sizes)  # [E]
     local = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # [E]
@@ -63,8 +73,9 @@ def build(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], src_vocab:
     s = src_flat[src_off[pair] + i]  # [E] source piece
     position = tgt_off[pair] + j  # [E] target token it may explain
     keys, pid = np.unique(s * tgt_vocab + tgt_flat[position], return_inverse=True)  # [P], [E]
+    key_src, key_tgt = keys // tgt_vocab, keys % tgt_vocab  # [P]
     pid, position = torch.from_numpy(pid), torch.from_numpy(position)
-    key_s = torch.from_numpy(keys // tgt_vocab)  # [P]
+    key_s = torch.from_numpy(key_src)
     prob = torch.ones(len(keys), dtype=torch.float64)  # p(t | s), uniform start
     for _ in range(iterations):
         w = prob[pid]  # [E]
@@ -74,14 +85,12 @@ def build(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], src_vocab:
         total = torch.zeros(src_vocab, dtype=torch.float64).index_add_(0, key_s, count)
         prob = count / total[key_s]
     # the k best targets of every source piece: sort by (source, -p)
-    order = np.lexsort((-prob.numpy(), keys // tgt_vocab))
-    ranked_s, ranked_t = (keys // tgt_vocab)[order], (keys % tgt_vocab)[order]
+    order = np.lexsort((-prob.numpy(), key_src))
+    ranked_s, ranked_t = key_src[order], key_tgt[order]
     first = np.searchsorted(ranked_s, ranked_s, side="left")
     rank = np.arange(len(order)) - first
     keep = rank < k
     table[ranked_s[keep], rank[keep]] = ranked_t[keep]
-    return {"table": torch.from_numpy(table), "frequent": torch.from_numpy(
-        frequent.astype(np.int32))}
 
 
 def build_for(corpus, src_vocab: int, tgt_vocab: int, seed: int = 0,

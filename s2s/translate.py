@@ -123,8 +123,9 @@ class Translator:
                  lexicon_file: Path | None = None) -> None:
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         # the target-vocabulary lexicon of --shortlist (s2s.shortlist): the run's lexicon file
-        # (`s2s lexicon`) if there is one, else the checkpoint's; checked on first use
+        # (`s2s lexicon`) if there is one, else the checkpoint's; read and checked on first use
         self._lexicon, self._lexicon_file, self.where = lexicon, lexicon_file, where
+        self._lexicon_checked = False
         self._int8: dict = {}  # packed int8 weights (--precision int8), made on first use
         for m in _members(model):
             m.eval()
@@ -215,13 +216,13 @@ class Translator:
 
     def lexicon(self) -> dict:
         """The target-vocabulary lexicon of --shortlist (CheckpointError if there is none)."""
-        vocab = self.tokenizer.tgt_vocab_size
-        if self._lexicon_file is not None:
-            where, self._lexicon_file = self._lexicon_file, None
-            self._lexicon = shortlists.load(where, vocab) or self._lexicon
-        if self._lexicon is not None:
-            self._lexicon = shortlists.checked(self._lexicon, self.where, vocab)
-        else:
+        if not self._lexicon_checked:
+            vocab = self.tokenizer.tgt_vocab_size
+            found = shortlists.load(self._lexicon_file, vocab) if self._lexicon_file else None
+            if found is None and self._lexicon is not None:
+                found = shortlists.checked(self._lexicon, self.where, vocab)
+            self._lexicon, self._lexicon_checked = found, True
+        if self._lexicon is None:
             raise CheckpointError(f"--shortlist: {self.where} has no target-vocabulary lexicon "
                                   f"(trained before s2s had them); build one with `s2s lexicon "
                                   f"RUN`, or leave --shortlist off")

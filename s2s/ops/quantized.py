@@ -27,7 +27,6 @@ def joined(weights: list[Tensor], biases: list[Tensor | None]) -> tuple[Tensor, 
     return torch.cat([w.detach() for w in weights], dim=1), sum(present) if present else None
 
 
-
 _int8_local = threading.local()
 
 
@@ -102,8 +101,7 @@ def int8_active() -> bool:
 def usable(x: Tensor, weight: Tensor) -> bool:
     """Whether `linear` of x and weight runs as an int8 product here (inside `int8()`)."""
     return int8_active() and x.dtype == torch.float32 and x.device.type == "cpu" \
-        and weight.dim() == 2 \
-        and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
+        and weight.dim() == 2 and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
 
 
 def memo(cache: dict, tag: str, tensors: list[Tensor], make):

@@ -46,9 +46,7 @@ def progress_line(step: int, values: dict[str, float], elapsed: float,
 
 def hparams(cfg: config.Config, precision: str) -> dict[str, Any]:
     """Every scalar config value by dotted key, plus the precision `auto` chose here."""
-    from s2s.training.resume import flat
-
-    values = {k: v for k, v in flat(config.to_dict(cfg)).items()
+    values = {k: v for k, v in config.flat(config.to_dict(cfg)).items()
               if isinstance(v, (int, float, str, bool))}
     values["train.precision_used"] = precision
     return values

@@ -8,45 +8,17 @@ from typing import Any
 from s2s import checkpoint, config
 from s2s.config import RESUMABLE
 from s2s.errors import CheckpointError, ConfigError
-from s2s.ops import gemm
 from s2s.training.state import cell_info
 from s2s.training.trainer import Trainer
 
 
-def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config dict as {dotted key: value} (cell_options stays one value)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key != "cell_options":
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Keys (outside RESUMABLE) whose values differ between two config dicts."""
-    defaults = flat(config.to_dict(config.Config()))  # keys newer than the run: their default
-    a, b = {**defaults, **flat(old)}, {**defaults, **flat(new)}
+    defaults = config.flat(config.to_dict(config.Config()))  # keys newer than the run
+    a, b = {**defaults, **config.flat(old)}, {**defaults, **config.flat(new)}
     keys = sorted(a.keys() | b.keys())
     return [f"{key} (run: {a.get(key)!r}, now: {b.get(key)!r})" for key in keys
             if key not in RESUMABLE and a.get(key) != b.get(key)]
-
-
-def changed_arithmetic(payload: dict[str, Any], precision: str, requested: str) -> list[str]:
-    """Warnings for a resume that computes differently from the run so far (another product
-    backend or precision): its losses will not match an uninterrupted run exactly."""
-    notes = []
-    if payload.get("gemm") and not gemm.prefer(payload["gemm"]):
-        notes.append(f"the run used {payload['gemm']} products so far and continues with "
-                     f"{gemm.backend()} (S2S_GEMM); losses will not match an uninterrupted "
-                     f"run exactly")
-    before = payload.get("precision")
-    if before is not None and before != precision:
-        notes.append(f"the run trained in {before} so far and continues in {precision} "
-                     f"(train.precision={requested} on this machine); losses will not match an "
-                     f"uninterrupted run exactly")
-    return notes
 
 
 def resume(run_dir: str | Path, config_file: str | Path | None = None,

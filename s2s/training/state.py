@@ -13,6 +13,7 @@ import torch
 
 from s2s import __version__
 from s2s.cells import registry
+from s2s.ops import gemm
 
 
 class Kept(NamedTuple):
@@ -87,3 +88,19 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def changed_arithmetic(payload: dict[str, Any], precision: str, requested: str) -> list[str]:
+    """Warnings for a resume that computes differently from the run so far (another product
+    backend or precision): its losses will not match an uninterrupted run exactly."""
+    notes = []
+    if payload.get("gemm") and not gemm.prefer(payload["gemm"]):
+        notes.append(f"the run used {payload['gemm']} products so far and continues with "
+                     f"{gemm.backend()} (S2S_GEMM); losses will not match an uninterrupted "
+                     f"run exactly")
+    before = payload.get("precision")
+    if before is not None and before != precision:
+        notes.append(f"the run trained in {before} so far and continues in {precision} "
+                     f"(train.precision={requested} on this machine); losses will not match an "
+                     f"uninterrupted run exactly")
+    return notes

@@ -23,7 +23,15 @@ from s2s.training import optim, report, step, validation
 from s2s.training.keeper import Keeper
 from s2s.training.prepare import build_lexicon, prepare
 from s2s.training.signals import StopSignals
-from s2s.training.state import TrainState, cell_info, rng_state, seed_all, set_rng_state, versions
+from s2s.training.state import (
+    TrainState,
+    cell_info,
+    changed_arithmetic,
+    rng_state,
+    seed_all,
+    set_rng_state,
+    versions,
+)
 
 CONFIG_FILE = "config.yaml"
 TB_DIR = "tensorboard"
@@ -102,8 +110,6 @@ class Trainer:
         self.keeper.saved_step = restored.step
         s = self.state
         self._say(f"resuming at step {s.step} (epoch {s.epoch}, batch {s.batch_pos})")
-        from s2s.training.resume import changed_arithmetic
-
         for note in changed_arithmetic(payload, self.precision, self.cfg.train.precision):
             self._say(note, logging.WARNING)
 
