@@ -4,6 +4,7 @@ Legend: B batch, S source length, T target length.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,15 @@ class Batch:
     def size(self) -> int:
         return self.src.shape[0]
 
+    def to(self, device: torch.device) -> Batch:
+        """The batch on `device` (lengths stay on the CPU: packing reads them there)."""
+        if device.type == "cpu":
+            return self
+        tgt_in, tgt_out = (None if t is None else t.to(device, non_blocking=True)
+                           for t in (self.tgt_in, self.tgt_out))
+        return Batch(self.src.to(device, non_blocking=True), self.src_lengths, tgt_in, tgt_out,
+                     self.n_tgt_tokens)
+
 
 def pad(seqs: list[list[int]], prefix: list[int] = (), suffix: list[int] = ()) -> Tensor:
     width = max(len(s) for s in seqs) + len(prefix) + len(suffix)
@@ -44,16 +54,51 @@ def collate(src: list[list[int]], tgt: list[list[int]] | None = None) -> Batch:
                  sum(len(t) + 1 for t in tgt))
 
 
+class Batches(Sequence):
+    """An epoch's batches as views into one sorted index array: batch i is
+    order[starts[i]:ends[i]]. Two integer arrays, however large the corpus; a batch's index
+    array is made when it is asked for."""
+
+    def __init__(self, order: np.ndarray, bounds: np.ndarray, sequence: np.ndarray) -> None:
+        self.order, self.bounds, self.sequence = order, bounds, sequence
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        b = int(self.sequence[i])
+        return self.order[self.bounds[b]:self.bounds[b + 1]]
+
+
+def _token_bounds(lens: np.ndarray, budget: int) -> list[int]:
+    """Where token-budget batches of consecutive examples with lengths `lens` start."""
+    starts, begin, longest = [], 0, 0
+    for i, n in enumerate(lens.tolist()):
+        longest_here = max(longest, n + 1)
+        if i > begin and longest_here * (i - begin + 1) > budget:
+            starts.append(begin)
+            begin, longest_here = i, n + 1
+        longest = longest_here
+    if begin < len(lens):
+        starts.append(begin)
+    return starts
+
+
 def bucket_batches(src_lens: np.ndarray, tgt_lens: np.ndarray | None, batch_size: int,
                    batch_type: str = "sents", *, shuffle: bool = True, seed: int = 0,
-                   epoch: int = 0, pool_factor: int = 100) -> list[np.ndarray]:
+                   epoch: int = 0, pool_factor: int = 100) -> Batches:
     """Group example indices into batches of similar length.
 
     The order is a pure function of (seed, epoch), so a run can be resumed at any batch.
     `batch_type='sents'`: `batch_size` sentences per batch; `'tokens'`: at most `batch_size`
-    padded pieces per batch (count x longest side), but never fewer than one sentence."""
+    padded pieces per batch (count x longest side), but never fewer than one sentence. The
+    indices are shuffled, cut into pools of about `pool_factor` batches, sorted by length
+    within each pool and cut into batches; the batches are then shuffled."""
     n = len(src_lens)
-    lens = np.asarray(src_lens) if tgt_lens is None else np.maximum(src_lens, tgt_lens)
+    src_lens = np.asarray(src_lens)
+    lens = src_lens if tgt_lens is None else np.maximum(src_lens, tgt_lens)
     # sort key: the target length first (the decoder steps over every padded target position;
     # the packed encoder skips source padding), then the source length; token batches are
     # packed by the longer side, so they sort by it
@@ -63,22 +108,16 @@ def bucket_batches(src_lens: np.ndarray, tgt_lens: np.ndarray | None, batch_size
     order = rng.permutation(n) if shuffle else np.arange(n)
     per_pool = batch_size * pool_factor if batch_type == "sents" else \
         max(1, batch_size // max(1, int(np.mean(lens)) if n else 1)) * pool_factor
-    batches: list[np.ndarray] = []
-    for start in range(0, n, per_pool):
-        pool = order[start:start + per_pool]
-        pool = pool[np.argsort(key[pool], kind="stable")]  # by length within the pool
+    starts: list[int] = []
+    for begin in range(0, n, per_pool):
+        pool = order[begin:begin + per_pool]
+        sorted_pool = pool[np.argsort(key[pool], kind="stable")]  # by length within the pool
+        order[begin:begin + len(pool)] = sorted_pool
         if batch_type == "sents":
-            batches.extend(pool[i:i + batch_size] for i in range(0, len(pool), batch_size))
-            continue
-        begin, longest = 0, 0
-        for i, idx in enumerate(pool):
-            longest_here = max(longest, int(lens[idx]) + 1)
-            if i > begin and longest_here * (i - begin + 1) > batch_size:
-                batches.append(pool[begin:i])
-                begin, longest_here = i, int(lens[idx]) + 1
-            longest = longest_here
-        if begin < len(pool):
-            batches.append(pool[begin:])
-    if shuffle:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
+            starts.extend(range(begin, begin + len(pool), batch_size))
+        else:
+            starts.extend(begin + i for i in _token_bounds(lens[sorted_pool], batch_size))
+    bounds = np.asarray([*starts, n], dtype=np.int64)
+    count = len(starts)
+    sequence = rng.permutation(count) if shuffle else np.arange(count)
+    return Batches(order, bounds, sequence)

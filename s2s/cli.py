@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from s2s import console  # torch-free: the decoding defaults
+from s2s import console, devices  # torch-free, as is options: the decoding defaults
 from s2s import options as search_options
 from s2s.errors import DataError, S2SError
 
@@ -58,6 +59,8 @@ def train(config_file: str | None, run_dir: str | None, resume_dir: str | None,
     else:
         result = training.train(config.load(config_file, overrides), run_dir, console=not quiet)
     run = run_dir or resume_dir
+    if os.environ.get("RANK", "0") not in ("", "0"):  # torchrun: rank 0 reports for all
+        return
     if str(result["stopped_by"]).startswith("SIG"):  # SIGINT / SIGTERM: saved, exit 0
         click.echo(f"{result['stopped_by']}: stopped after step {result['step']}; saved "
                    f"{result['checkpoint']}. Resume with: s2s train --resume {run}", err=True)
@@ -147,6 +150,17 @@ def _search_option(name: str, more_help: str = ""):
                         show_default=True, help=f"{meta['help']} {more_help}".strip())
 
 
+def _check_device(ctx, param, value: str) -> str:
+    found = devices.problem(value)
+    if found:
+        raise click.BadParameter(found)
+    return value
+
+
+_device_option = click.option("--device", default="auto", show_default=True,
+                              callback=_check_device, help=f"Where to compute: {devices.HELP}.")
+
+
 @main.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path())
 @click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False), default="-",
@@ -190,12 +204,13 @@ def _search_option(name: str, more_help: str = ""):
               help="Most frequent target pieces every shortlist keeps.")
 @click.option("--threads", type=click.IntRange(min=0), default=0,
               help="torch threads (0: torch's default).")
+@_device_option
 def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: int, nbest: int,
               length_penalty: str, alpha: float, coverage_penalty: float, min_len: int,
               max_len_a: float, max_len_b: int, sample: bool, temperature: float, top_k: int,
               top_p: float, seed: int | None, output_scores: bool, output_alignments: bool,
               batch_size: int, max_tokens: int, max_src_len: int | None, precision: str,
-              shortlist: int, shortlist_frequent: int, threads: int) -> None:
+              shortlist: int, shortlist_frequent: int, threads: int, device: str) -> None:
     """Translate with MODELS (run directories or checkpoint files; several: an ensemble).
 
     Writes exactly one line per input line: the translation, or a JSON object with
@@ -208,7 +223,7 @@ def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: 
                                  param_hint="--nbest")
     set_threads(threads)
     tune_allocator()
-    translator = Translator.from_run(list(models))
+    translator = Translator.from_run(list(models), device=device)
     options = dict(beam=beam, nbest=nbest, length_penalty=length_penalty, alpha=alpha,
                    coverage_penalty=coverage_penalty, min_len=min_len, max_len_a=max_len_a,
                    max_len_b=max_len_b, sampling=sample, temperature=temperature, top_k=top_k,
@@ -243,8 +258,9 @@ def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: 
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8"]),
               default="auto", show_default=True, help="As for `s2s translate`.")
+@_device_option
 def score(models: tuple[str, ...], input_path: str, targets_path: str, output_path: str,
-          batch_size: int, precision: str) -> None:
+          batch_size: int, precision: str, device: str) -> None:
     """Forced decoding: the log-probability of each target line given its source line."""
     from s2s.data import read_lines
     from s2s.translate import Translator
@@ -253,7 +269,7 @@ def score(models: tuple[str, ...], input_path: str, targets_path: str, output_pa
     if len(sources) != len(targets):
         raise DataError(f"{input_path} has {len(sources)} lines but {targets_path} has "
                         f"{len(targets)}: sources and targets must be line-aligned")
-    translator = Translator.from_run(list(models))
+    translator = Translator.from_run(list(models), device=device)
     values = translator.score(sources, targets, batch_size=batch_size,
                               precision=precision)
     sink = _open_output(output_path)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from s2s import devices
 from s2s.errors import ConfigError
 
 # the range rules a numeric field may carry (metadata "rule"), checked by `_build`
@@ -136,6 +137,8 @@ class TrainConfig:
     seed: int = _f(1234, "seed of initialisation, batching and dropout")
     threads: int = _f(0, "torch intra-op threads; 0: torch's default", "non_negative",
                       resumable=True)
+    device: str = _f("auto", "where training computes: auto (CUDA when available, else the "
+                             "CPU), cpu, cuda or cuda:N", resumable=True)
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,8 @@ def _check_cross_field(cfg: Config, problems: list[str]) -> None:
         if value is not None and value <= 0:
             problems.append(f"'model.{key}' must be > 0 or null, got {value}")
     t = cfg.train
+    if devices.problem(t.device):
+        problems.append(f"'train.device' {devices.problem(t.device)}")
     if t.metric != "loss" and not t.valid_bleu:
         problems.append(f"'train.metric' {t.metric!r} needs 'train.valid_bleu: true' (validation "
                         f"decoding); set train.metric=loss or train.valid_bleu=true")

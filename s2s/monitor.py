@@ -27,8 +27,8 @@ class Monitor:
 
     def __init__(self, log_dir: str | Path, *, jsonl: str | Path | None = None,
                  max_steps: int = 0, max_time: float = 0.0, console: bool = True,
-                 start_step: int = 0, start_time: float = 0.0, purge_step: int | None = None
-                 ) -> None:
+                 start_step: int = 0, start_time: float = 0.0, purge_step: int | None = None,
+                 fields: dict[str, Any] | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter  # heavy: imported on training paths only
         from tqdm import tqdm
 
@@ -46,12 +46,13 @@ class Monitor:
                         bar_format=None if not self.by_time else
                         "{l_bar}{bar}| {n:.0f}/{total_fmt}s [{elapsed}<{remaining}{postfix}]")
         self.console = console
+        self.fields = fields or {}  # added to every JSON-lines record (e.g. world_size)
         self.last_n = float(int(start_time)) if self.by_time else 0.0
 
     def record(self, values: dict[str, Any]) -> None:
         """One line of the JSON-lines log."""
         if self.jsonl is not None:
-            self.jsonl.write(json.dumps(values) + "\n")
+            self.jsonl.write(json.dumps({**values, **self.fields}) + "\n")
             self.jsonl.flush()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
@@ -88,3 +89,12 @@ class Monitor:
         self.writer.close()
         if self.jsonl is not None:
             self.jsonl.close()
+
+
+class NoMonitor:
+    """Monitor's interface, doing nothing: the ranks > 0 of a distributed run write no logs."""
+
+    def __getattr__(self, name: str):
+        if name in ("record", "scalars", "text", "image", "hparams", "advance", "say", "close"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)

@@ -143,6 +143,16 @@ class Tokenizer:
             _train_model((t for t in tgt_lines if t), out / TGT.removesuffix(".model"), cfg)
         return cls.load(out)
 
+    @staticmethod
+    def copy(src_dir: str | Path, dst_dir: str | Path) -> None:
+        """Copy the SentencePiece files of a run directory (or a cache entry) to another."""
+        import shutil
+
+        Path(dst_dir).mkdir(parents=True, exist_ok=True)
+        for name in (JOINT, SRC, TGT, KEPT):
+            if (Path(src_dir) / name).is_file():
+                shutil.copyfile(Path(src_dir) / name, Path(dst_dir) / name)
+
     @classmethod
     def exists(cls, run_dir: str | Path) -> bool:
         run = Path(run_dir)

@@ -17,7 +17,7 @@ from typing import IO
 
 import torch
 
-from s2s import checkpoint, config, search
+from s2s import checkpoint, config, devices, search
 from s2s import precision as precisions
 from s2s import shortlist as shortlists
 from s2s.batching import collate
@@ -132,8 +132,10 @@ class Translator:
 
     @classmethod
     def from_checkpoint(cls, payload: dict, where: str = "checkpoint",
-                        lexicon_file: Path | None = None) -> Translator:
-        """`lexicon_file`: a lexicon used instead of the checkpoint's, if it exists."""
+                        lexicon_file: Path | None = None, device: str = "auto") -> Translator:
+        """`lexicon_file`: a lexicon used instead of the checkpoint's, if it exists; `device`:
+        where the model computes (s2s.devices: auto, cpu, cuda, cuda:N)."""
+        target = devices.resolve(device)
         try:
             cfg = config.from_dict(payload["config"], source=f"{where}: stored config")
             tokenizer = Tokenizer.from_bytes(payload["spm"])
@@ -146,12 +148,16 @@ class Translator:
         except RuntimeError as exc:
             raise CheckpointError(f"{where}: weights do not fit the stored model config: "
                                   f"{str(exc).splitlines()[0]}") from exc
-        return cls(model, tokenizer, cfg, payload.get("lexicon"), where, lexicon_file)
+        return cls(model.to(target), tokenizer, cfg, payload.get("lexicon"), where,
+                   lexicon_file)
 
     @classmethod
-    def from_run(cls, path: str | Path | list[str | Path]) -> Translator:
+    def from_run(cls, path: str | Path | list[str | Path], device: str = "auto"
+                 ) -> Translator:
         """A run directory (its best, else last checkpoint) or a checkpoint file; a list of
-        them is an ensemble."""
+        them is an ensemble. `device`: as for from_checkpoint (the checkpoint may come from
+        any device)."""
+        devices.resolve(device)  # a wrong device fails before any checkpoint is read
         paths = [path] if isinstance(path, (str, Path)) else list(path)
         members = []
         for item in paths:
@@ -161,7 +167,7 @@ class Translator:
             # checkpoints have only that)
             lexicon = checkpoint.run_dir_of(file) / shortlists.LEXICON_FILE
             members.append((file, payload.get("spm"),
-                            cls.from_checkpoint(payload, str(file), lexicon)))
+                            cls.from_checkpoint(payload, str(file), lexicon, device)))
         if len(members) == 1:
             return members[0][2]
         first_file, first_spm, first = members[0]

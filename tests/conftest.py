@@ -25,6 +25,7 @@ import synthetic  # noqa: E402
 def _hf_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("hf_cache")
     os.environ["HF_DATASETS_CACHE"] = str(cache)
+    os.environ["S2S_DATA_CACHE"] = str(tmp_path_factory.mktemp("s2s_data_cache"))
     import datasets
 
     datasets.config.HF_DATASETS_CACHE = cache

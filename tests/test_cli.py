@@ -332,7 +332,7 @@ def test_evaluate_missing_and_bad_files(tmp_path, toy_data):
 def test_keyboard_interrupt_exits_130(monkeypatch, tmp_path):
     import s2s.translate
 
-    def interrupted(path):
+    def interrupted(path, **options):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(s2s.translate.Translator, "from_run", staticmethod(interrupted))

@@ -36,7 +36,7 @@ from torch.autograd.function import once_differentiable
 
 from s2s.ops import quantized
 from s2s.ops.quantized import int8, int8_active, joined  # noqa: F401  (this module's API)
-from s2s.ops.runtime import cpu_flags
+from s2s.ops.runtime import cache_dir, cpu_flags
 
 log = logging.getLogger("s2s")
 BACKENDS = ("onednn", "torch")
@@ -100,8 +100,7 @@ def _cache_file() -> Path:
     key = hashlib.sha256("\0".join([" ".join(sorted(cpu_flags())), torch.__version__,
                                      str(torch.get_num_threads()), repr(_PROBE_SHAPES)]
                                     ).encode()).hexdigest()[:16]
-    root = Path(os.environ.get("S2S_CACHE") or Path.home() / ".cache" / "s2s")
-    return root / "gemm" / f"{key}.json"
+    return cache_dir("gemm") / f"{key}.json"
 
 
 def _choose(op) -> str:

@@ -30,6 +30,12 @@ _TRIM_THRESHOLD = 1 << 30
 _tuned: bool | None = None
 
 
+def cache_dir(name: str) -> Path:
+    """`$S2S_CACHE/name` (default `~/.cache/s2s/name`): where s2s keeps what it computes once
+    per machine (compiled kernels, the product-backend choice, prepared training data)."""
+    return Path(os.environ.get("S2S_CACHE") or Path.home() / ".cache" / "s2s") / name
+
+
 def set_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)

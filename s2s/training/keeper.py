@@ -17,9 +17,11 @@ log = logging.getLogger("s2s")
 
 class Keeper:
     def __init__(self, ckpt_dir: Path, cfg: config.TrainConfig, state: TrainState,
-                 payload: Callable[[], dict[str, Any]], say: Callable[..., None]) -> None:
+                 payload: Callable[[], dict[str, Any]], say: Callable[..., None], *,
+                 writes: bool = True) -> None:
         self.dir, self.cfg, self.state = ckpt_dir, cfg, state
         self.payload, self.say = payload, say  # the checkpoint of the current step
+        self.writes = writes  # False on ranks > 0 of a distributed run: state only, no files
         self.saved_step = -1
 
     def save(self, *, final: bool = False) -> bool:
@@ -28,6 +30,9 @@ class Keeper:
         warning (training goes on; the previous checkpoints are intact) unless `final`."""
         step = self.state.step
         if self.saved_step == step:
+            return True
+        if not self.writes:
+            self.saved_step = step
             return True
         try:
             checkpoint.save(self.payload(), checkpoint.step_file(self.dir, step))
@@ -47,7 +52,8 @@ class Keeper:
         return True
 
     def link(self, name: str) -> None:
-        checkpoint.link(checkpoint.step_file(self.dir, self.state.step), self.dir / name)
+        if self.writes:
+            checkpoint.link(checkpoint.step_file(self.dir, self.state.step), self.dir / name)
 
     def validated(self, metric: float, scheduled: bool) -> bool:
         """Record a validation's metric (higher is better); True if it is the best so far. A

@@ -3,6 +3,10 @@ the target-vocabulary lexicon of `s2s translate --shortlist`."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +16,11 @@ import numpy as np
 import torch
 
 from s2s import config, shortlist
-from s2s.errors import DataError
+from s2s.errors import CheckpointError, DataError
+from s2s.ops.runtime import cache_dir
 from s2s.tokenizer import Tokenizer
+
+CONFIG_FILE = "config.yaml"  # the resolved config in every run directory
 
 
 @dataclass
@@ -64,6 +71,56 @@ def _encode(ds, tokenizer: Tokenizer, max_len: int, name: str, say: Callable[[st
     return Corpus(data, src_len[keep], tgt_len[keep])
 
 
+_SPM_KEYS = ("vocab_size", "spm_model_type", "joint_vocab", "prune_vocab", "character_coverage",
+             "spm_input_sentence_size")
+
+
+def data_cache() -> Path:
+    """Where prepared training data is kept between runs: `$S2S_DATA_CACHE`, default
+    `$S2S_CACHE/data` (~/.cache/s2s/data). The encoded corpora themselves live in 🤗 datasets'
+    cache (HF_DATASETS_CACHE), keyed by the data and the tokenizer."""
+    found = os.environ.get("S2S_DATA_CACHE")
+    return Path(found) if found else cache_dir("data")
+
+
+def _tokenizer(cfg: config.DataConfig, train_raw, run_dir: Path, say: Callable[[str], None]
+               ) -> Tokenizer:
+    """The run's tokenizer: its own (a resumed run), else the one an earlier run trained on
+    the same training data with the same SentencePiece settings (kept in data_cache()), else
+    a new one (then kept there for later runs)."""
+    if Tokenizer.exists(run_dir):
+        return Tokenizer.load(run_dir)
+    import sentencepiece
+
+    settings = {k: getattr(cfg, k) for k in _SPM_KEYS}
+    key = hashlib.sha256(json.dumps([train_raw._fingerprint, settings, sentencepiece.__version__],
+                                    sort_keys=True).encode()).hexdigest()[:24]
+    cached = data_cache() / "spm" / key
+    if Tokenizer.exists(cached):
+        try:
+            Tokenizer.load(cached)  # a damaged entry is retrained, not used
+            Tokenizer.copy(cached, run_dir)
+            say(f"SentencePiece: the model trained earlier on the same data and settings "
+                f"({cached})")
+            return Tokenizer.load(run_dir)
+        except (CheckpointError, OSError):
+            pass
+    say(f"training SentencePiece ({cfg.spm_model_type}, {cfg.vocab_size} pieces, "
+        f"{'joint' if cfg.joint_vocab else 'separate'}) ...")
+    tokenizer = Tokenizer.train(_Column(train_raw, "src"), _Column(train_raw, "tgt"), cfg,
+                                run_dir)
+    tmp = None
+    try:  # into a private folder first, then renamed: a cache entry is whole or absent
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=cached.parent)
+        Tokenizer.copy(run_dir, tmp)
+        os.replace(tmp, cached)
+    except OSError:  # another run stored it first, or the cache is not writable: nothing lost
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer
+
+
 def prepare(cfg: config.Config, run_dir: Path, say: Callable[[str], None]
             ) -> tuple[Tokenizer, Corpus, Corpus]:
     """The run's tokenizer (trained unless the run has one) and its encoded splits."""
@@ -73,13 +130,7 @@ def prepare(cfg: config.Config, run_dir: Path, say: Callable[[str], None]
     valid_raw = data.load_split(cfg.data, cfg.data.valid)
     if len(train_raw) == 0:
         raise DataError(f"training split '{cfg.data.train}' is empty")
-    if Tokenizer.exists(run_dir):
-        tokenizer = Tokenizer.load(run_dir)
-    else:
-        say(f"training SentencePiece ({cfg.data.spm_model_type}, {cfg.data.vocab_size} pieces, "
-            f"{'joint' if cfg.data.joint_vocab else 'separate'}) ...")
-        tokenizer = Tokenizer.train(_Column(train_raw, "src"), _Column(train_raw, "tgt"),
-                                    cfg.data, run_dir)
+    tokenizer = _tokenizer(cfg.data, train_raw, run_dir, say)
     train = _encode(train_raw, tokenizer, cfg.data.max_len, "train", say)
     valid = _encode(valid_raw, tokenizer, cfg.data.max_len, "valid", say)
     valid.raw_src, valid.raw_tgt = list(valid_raw["src"]), list(valid_raw["tgt"])
@@ -92,3 +143,21 @@ def build_lexicon(tokenizer: Tokenizer, train: Corpus, seed: int,
     split (stored in every checkpoint; `s2s lexicon` rebuilds it for older runs)."""
     return shortlist.build_for(train.data, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size,
                                seed, say)
+
+
+def prepare_run(cfg: config.Config, run_dir: Path, world, lexicon: dict | None,
+                say: Callable[[str], None]) -> tuple[Tokenizer, Corpus, Corpus, dict | None]:
+    """A run's config file, tokenizer, encoded splits and lexicon (`lexicon`: a resumed run's
+    own). Under torchrun rank 0 writes and prepares first (SentencePiece, the cached encoded
+    corpora), then the other ranks load what it made; only rank 0 builds the lexicon."""
+    world.barrier()  # every rank has checked the run directory before rank 0 writes to it
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.dump(cfg, run_dir / CONFIG_FILE)
+        tokenizer, train, valid = prepare(cfg, run_dir, say)
+    world.barrier()
+    if not world.main:
+        tokenizer, train, valid = prepare(cfg, run_dir, say)
+    if lexicon is None and world.main:
+        lexicon = build_lexicon(tokenizer, train, cfg.train.seed, say)
+    return tokenizer, train, valid, lexicon

@@ -1,5 +1,6 @@
 """One optimizer step: the loss of each batch (accumulated), clipping, and the update, skipped
-when the loss or the gradient is not finite."""
+when the loss or the gradient is not finite. Under torchrun each rank runs its share of every
+batch and the gradients are summed over the ranks (s2s.training.distributed)."""
 from __future__ import annotations
 
 import math
@@ -9,25 +10,34 @@ import torch
 from s2s import config
 from s2s import precision as precisions
 from s2s.batching import collate
+from s2s.training.distributed import World
 
 
 def step(model, optimizer, scheduler, groups: list[dict], t: config.TrainConfig,
-         precision: str) -> tuple[bool, float, float, int]:
-    """One optimizer step on `groups` (accum_steps batches of src_ids/tgt_ids rows). Returns
-    (finite, summed NLL, gradient norm, target tokens)."""
-    batches = [collate(rows["src_ids"], rows["tgt_ids"]) for rows in groups]
-    tokens = sum(b.n_tgt_tokens for b in batches)
-    divisor = tokens if t.normalization == "tokens" else sum(b.size for b in batches)
+         precision: str, device: torch.device = torch.device("cpu"), *,
+         totals: tuple[int, int] | None = None, world: World = World()
+         ) -> tuple[bool, float, float, int]:
+    """One optimizer step on `groups` (accum_steps batches of src_ids/tgt_ids rows: this
+    rank's share; a share may be empty) on `device`. `totals`: (target tokens, sentences) of
+    the whole global batch, when the rows are only a share of it. Returns (finite, summed NLL,
+    gradient norm, target tokens) of the global batch."""
+    batches = [collate(rows["src_ids"], rows["tgt_ids"]).to(device)
+               for rows in groups if len(rows["src_ids"])]
+    tokens, sents = totals if totals is not None else \
+        (sum(b.n_tgt_tokens for b in batches), sum(b.size for b in batches))
+    divisor = tokens if t.normalization == "tokens" else sents
     model.train()
     total = 0.0
     for batch in batches:
-        with precisions.compute(precision):
+        with precisions.compute(precision, device):
             loss, nll = model.loss(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out,
                                    t.label_smoothing)
         (loss / divisor).backward()
         total += float(nll)
+    params = [p for p in model.parameters() if p.requires_grad]
+    (total,) = world.sum_gradients(params, [total])
     grad_norm = float(torch.nn.utils.clip_grad_norm_(
-        model.parameters(), t.clip_norm if t.clip_norm > 0 else float("inf")))
+        params, t.clip_norm if t.clip_norm > 0 else float("inf")))
     finite = math.isfinite(total) and math.isfinite(grad_norm)
     if finite:
         optimizer.step()

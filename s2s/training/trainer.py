@@ -11,7 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from s2s import checkpoint, config, console
+import numpy as np
+import torch
+
+from s2s import checkpoint, config, console, devices
 from s2s import precision as precisions
 from s2s.batching import bucket_batches
 from s2s.cells import registry
@@ -19,9 +22,9 @@ from s2s.errors import CheckpointError, ConfigError, TrainingError
 from s2s.model import Seq2Seq
 from s2s.ops import gemm
 from s2s.ops.runtime import limit_onednn_caches, set_threads, tune_allocator
-from s2s.training import optim, report, step, validation
+from s2s.training import distributed, optim, report, step, validation
 from s2s.training.keeper import Keeper
-from s2s.training.prepare import build_lexicon, prepare
+from s2s.training.prepare import prepare_run
 from s2s.training.signals import StopSignals
 from s2s.training.state import (
     TrainState,
@@ -33,7 +36,6 @@ from s2s.training.state import (
     versions,
 )
 
-CONFIG_FILE = "config.yaml"
 TB_DIR = "tensorboard"
 LOG_FILE = "train_log.jsonl"
 log = logging.getLogger("s2s")
@@ -42,18 +44,22 @@ log = logging.getLogger("s2s")
 class Trainer:
     def __init__(self, cfg: config.Config, run_dir: str | Path, *, console: bool = True,
                  resume: dict[str, Any] | None = None) -> None:
-        self.cfg, self.run_dir, self.console = cfg, Path(run_dir), console
+        self.world = distributed.from_env()  # torchrun's processes (rank 0 of 1 without it)
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.console = console and self.world.main  # rank 0 speaks, writes and validates
         self.resume_from = resume  # the payload of the checkpoint to continue from
         self.ckpt_dir = self.run_dir / checkpoint.CHECKPOINT_DIR
         self.state = TrainState()
-        self.keeper = Keeper(self.ckpt_dir, cfg.train, self.state, self._payload, self._say)
+        self.keeper = Keeper(self.ckpt_dir, cfg.train, self.state, self._payload, self._say,
+                             writes=self.world.main)
+        self.rng_ranks: list[dict] | None = None  # every rank's generators (distributed runs)
         self.started = time.monotonic()
         self.elapsed_before = 0.0  # training seconds of earlier sessions of this run
         self.validated_step = -1
         self.last_validation: dict[str, float] = {}
         self.monitor = None
         # made by setup()
-        self.precision = "fp32"
+        self.precision, self.device = "fp32", None
         self.tokenizer = self.train_data = self.valid_data = self.lexicon = None
         self.model = self.optimizer = self.scheduler = self.cell = None
 
@@ -70,25 +76,26 @@ class Trainer:
                               f"{self.run_dir}` or choose a new --run-dir")
         cell_cls, entry = registry.load(cfg.model.cell)  # fail fast: before any data work
         registry.check_options(cell_cls, entry, dict(cfg.model.cell_options))
+        self.device = distributed.join(self.world, devices.resolve(t.device, "train.device"))
         set_threads(t.threads)
         tune_allocator()
         limit_onednn_caches()
-        # the precision this machine trains in (auto: bf16 only where it is native)
-        self.precision, note = precisions.decide(t.precision, "cpu", what="train.precision")
+        # the precision this device trains in (auto: bf16 only where it is native)
+        self.precision, note = precisions.decide(t.precision, self.device,
+                                                 what="train.precision")
         seed_all(t.seed)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        config.dump(cfg, self.run_dir / CONFIG_FILE)
-        self.tokenizer, self.train_data, self.valid_data = prepare(cfg, self.run_dir, self._say)
-        kept = (self.resume_from or {}).get("lexicon")  # a resumed run keeps its lexicon
-        self.lexicon = kept if kept is not None else build_lexicon(
-            self.tokenizer, self.train_data, t.seed, self._say)
+        self.tokenizer, self.train_data, self.valid_data, self.lexicon = prepare_run(
+            cfg, self.run_dir, self.world, (self.resume_from or {}).get("lexicon"), self._say)
         self.model = Seq2Seq(cfg.model, self.tokenizer.src_vocab_size,
-                             self.tokenizer.tgt_vocab_size)
+                             self.tokenizer.tgt_vocab_size).to(self.device)
         n_params = sum(p.numel() for p in self.model.parameters())
         self._say(f"model: {cfg.model.cell} cells, {n_params / 1e6:.2f}M parameters; "
-                  f"vocab {self.tokenizer.src_vocab_size}/{self.tokenizer.tgt_vocab_size}")
+                  f"vocab {self.tokenizer.src_vocab_size}/{self.tokenizer.tgt_vocab_size}; "
+                  f"on {self.device}")
         if note:
             self._say(note)
+        if self.world.distributed:  # the same initial weights everywhere, then a dropout stream
+            torch.manual_seed(t.seed + 1_000_003 * self.world.rank)  # each
         self.optimizer = optim.optimizer(self.model.parameters(), t)
         self.scheduler = optim.scheduler(self.optimizer, t)
         self.cell = cell_info(cfg.model.cell)
@@ -101,7 +108,7 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
             self.scheduler.load_state_dict(payload["scheduler"])
             restored = TrainState.from_dict(payload)
-            set_rng_state(payload["rng"])
+            set_rng_state(distributed.own_rng(payload, self.world, self._say))
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{self.ckpt_dir / 'last.pt'} cannot be resumed ({exc}); it "
                                   f"was not written by this version's trainer") from exc
@@ -113,6 +120,11 @@ class Trainer:
         for note in changed_arithmetic(payload, self.precision, self.cfg.train.precision):
             self._say(note, logging.WARNING)
 
+    def _sync_rng(self) -> None:
+        """Collect every rank's generators on rank 0 before a checkpoint may be written."""
+        if self.world.distributed:
+            self.rng_ranks = self.world.gather(rng_state())
+
     def _payload(self) -> dict[str, Any]:
         self.state.elapsed = self._elapsed()
         return {
@@ -123,9 +135,12 @@ class Trainer:
             "spm": self.tokenizer.to_bytes(),
             "lexicon": self.lexicon,  # for translate --shortlist (s2s.shortlist)
             **self.state.to_dict(),
-            "rng": rng_state(),
+            "rng": rng_state(),  # rank 0's
+            "rng_ranks": self.rng_ranks and [rng_state(), *self.rng_ranks[1:]],
+            "world_size": self.world.size,
             "cell": self.cell,
             "precision": self.precision,  # what train.precision resolved to on this machine
+            "device": str(self.device),
             "gemm": gemm.backend(),  # the float32 product backend (kept on resume)
             "versions": versions(),
         }
@@ -134,10 +149,17 @@ class Trainer:
         return self.elapsed_before + time.monotonic() - self.started
 
     # -- one step --------------------------------------------------------------------------------
-    def train_step(self, groups: list[dict]) -> tuple[bool, float, float, int]:
-        """One optimizer step on `groups` (accum_steps batches of rows): see step.step."""
-        return step.step(self.model, self.optimizer, self.scheduler, groups, self.cfg.train,
-                         self.precision)
+    def train_step(self, group: list[np.ndarray]) -> tuple[bool, float, float, int]:
+        """One optimizer step on `group` (accum_steps global batches of example indices; this
+        rank computes its share of each): see step.step."""
+        data, world = self.train_data, self.world
+        rows = [data.data[world.share(idx).tolist()] for idx in group]
+        totals = None
+        if world.distributed:  # the global batch's tokens and sentences, known on every rank
+            totals = (int(sum(int((data.tgt_len[idx] + 1).sum()) for idx in group)),
+                      sum(len(idx) for idx in group))
+        return step.step(self.model, self.optimizer, self.scheduler, rows, self.cfg.train,
+                         self.precision, self.device, totals=totals, world=world)
 
     def _batches(self) -> Iterator[Any]:
         """Training batches from the current position on, across epochs; state.epoch and
@@ -162,7 +184,9 @@ class Trainer:
         a budget stop) only logs and, if it is the best so far, points best.pt at this step,
         so a resumed run continues exactly as an uninterrupted one would."""
         started = time.monotonic()
-        result = self.last_validation = self.validate()
+        # rank 0 validates; every rank gets its figures (plateau and patience decide alike)
+        result = self.world.broadcast(self.validate() if self.world.main else None)
+        self.last_validation = result
         self.validated_step = self.state.step
         self.monitor.scalars(self.state.step, result)
         metric = validation.metric(result, self.cfg.train.metric)
@@ -176,17 +200,18 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from s2s.monitor import Monitor
+        from s2s.monitor import Monitor, NoMonitor
 
         if self.console:
             console.install()
         self.setup()
         t, s = self.cfg.train, self.state
         self.started = time.monotonic()
-        self.monitor = Monitor(self.run_dir / TB_DIR, jsonl=self.run_dir / LOG_FILE,
-                               max_steps=t.max_steps, max_time=t.max_time, console=self.console,
-                               start_step=s.step, start_time=self.elapsed_before,
-                               purge_step=s.step + 1 if self.resume_from else None)
+        self.monitor = NoMonitor() if not self.world.main else Monitor(
+            self.run_dir / TB_DIR, jsonl=self.run_dir / LOG_FILE, max_steps=t.max_steps,
+            max_time=t.max_time, console=self.console, start_step=s.step,
+            start_time=self.elapsed_before, purge_step=s.step + 1 if self.resume_from else None,
+            fields={"world_size": self.world.size})
         if self.resume_from is not None:
             self.monitor.record({"resumed_from": s.step})
         window = report.Window()
@@ -194,9 +219,9 @@ class Trainer:
         try:
             with StopSignals() as signals:
                 while True:
-                    if signals.received:
-                        return self._stop_on_signal(signals.received)
-                    reason = self._budget_spent()
+                    received, reason = self._should_stop(signals)
+                    if received:
+                        return self._stop_on_signal(received)
                     if reason:
                         break
                     group = list(itertools.islice(batches, t.accum_steps))
@@ -204,8 +229,7 @@ class Trainer:
                         reason = "max_epochs"
                         break
                     step_start = time.monotonic()
-                    finite, nll, grad_norm, tokens = self.train_step(
-                        [self.train_data.data[idx.tolist()] for idx in group])
+                    finite, nll, grad_norm, tokens = self.train_step(group)
                     if not finite:
                         self._nonfinite(nll, grad_norm)
                         continue
@@ -220,12 +244,15 @@ class Trainer:
                         window = report.Window()
                     self.monitor.advance(s.step, self._elapsed(),
                                          {"ep": s.epoch, "loss": f"{nll / max(tokens, 1):.3f}"})
+                    if s.step % t.validate_every == 0 or s.step % t.checkpoint_every == 0:
+                        self._sync_rng()  # a checkpoint may be written now
                     if s.step % t.validate_every == 0:
                         self._validate_and_keep_best()
                     if s.step % t.checkpoint_every == 0:
                         self.keeper.save()
                 if window.steps:
                     self._log(window)
+                self._sync_rng()
                 final = self.last_validation if self.validated_step == s.step else \
                     self._validate_and_keep_best(scheduled=False)  # not just validated
                 self.keeper.save(final=True)
@@ -233,9 +260,23 @@ class Trainer:
                                      {f"hparam/{k.split('/')[1]}": v for k, v in final.items()})
         finally:
             self.monitor.close()
+            self.world.close()
         return {"step": s.step, "epoch": s.epoch, "stopped_by": reason,
                 "skipped_steps": s.skipped,
                 "train_tgt_tok_s": s.tokens_seen / max(s.step_time, 1e-9), **final}
+
+    _SIGNALS = ("", "SIGINT", "SIGTERM")
+    _REASONS = ("", "max_steps", "max_time", "early stopping")
+
+    def _should_stop(self, signals: StopSignals) -> tuple[str | None, str]:
+        """(the signal to stop on, the spent budget): agreed by all ranks of a distributed run
+        (a signal to any of them stops all; every rank stops at the same step)."""
+        reason = self._budget_spent()
+        if not self.world.distributed:
+            return signals.received, reason
+        sig, why = self.world.agree([self._SIGNALS.index(signals.received or ""),
+                                     self._REASONS.index(reason)], self.device)
+        return self._SIGNALS[sig] or None, self._REASONS[why]
 
     def _budget_spent(self) -> str:
         """Why training must stop before another step ("" to go on)."""
@@ -250,6 +291,7 @@ class Trainer:
         return ""
 
     def _stop_on_signal(self, name: str) -> dict[str, Any]:
+        self._sync_rng()
         self.keeper.save(final=True)
         s = self.state
         return {"step": s.step, "epoch": s.epoch, "stopped_by": name, "skipped_steps": s.skipped,

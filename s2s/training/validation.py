@@ -22,7 +22,7 @@ N_SAMPLES = 3  # validation sentences shown as text and attention images in Tens
 @torch.no_grad()
 def attention_map(model: Seq2Seq, src_ids: list[int], tgt_ids: list[int]) -> torch.Tensor:
     """Attention weights [T, S] of the model reading the reference (teacher forcing)."""
-    batch = collate([src_ids], [tgt_ids])
+    batch = collate([src_ids], [tgt_ids]).to(next(model.parameters()).device)
     enc, state = model.encode(batch.src, batch.src_lengths)
     rows = []
     for token in batch.tgt_in[0]:
@@ -37,13 +37,14 @@ def validate(model: Seq2Seq, tokenizer: Tokenizer, valid: Corpus, cfg: config.Co
     """val/loss and val/ppl (and val/bleu, val/chrf with train.valid_bleu); samples and
     attention images go to `monitor` at `step`. The model is left in training mode."""
     t = cfg.train
+    device = next(model.parameters()).device
     model.eval()
     total_nll, total_tokens = 0.0, 0
     for idx in bucket_batches(valid.src_len, valid.tgt_len, t.valid_batch_size, "sents",
                               shuffle=False):
         rows = valid.data[idx.tolist()]
-        batch = collate(rows["src_ids"], rows["tgt_ids"])
-        with precisions.compute(precision):
+        batch = collate(rows["src_ids"], rows["tgt_ids"]).to(device)
+        with precisions.compute(precision, device):
             _, nll = model.loss(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out)
         total_nll += float(nll)
         total_tokens += batch.n_tgt_tokens

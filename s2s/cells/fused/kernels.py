@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from s2s.ops.runtime import cache_dir
+
 log = logging.getLogger("s2s")
 
 _SOURCE = Path(__file__).with_name("lstm_kernels.cpp")
@@ -50,7 +52,7 @@ def _build_dir() -> tuple[str, Path]:
     key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), torch.__version__.encode(),
                                      platform.machine().encode(), _cpu_flags(),
                                      " ".join(_FLAGS).encode()])).hexdigest()[:16]
-    root = Path(os.environ.get("S2S_CACHE") or Path.home() / ".cache" / "s2s") / "kernels"
+    root = cache_dir("kernels")
     name = f"s2s_fused_{key}"
     return name, root / name
 

@@ -15,6 +15,8 @@ stands).
   GEMM for all input projections, one GEMM and one pointwise node per step.
 
 Without the compiled kernels (no compiler; `S2S_FUSED_KERNELS=0`) the same math runs in PyTorch.
+On a GPU, `forward` is `lstm`'s (torch.lstm over the packed batch: cuDNN's fused kernels) and
+`step` the same gate path in PyTorch ops.
 Gates are ordered i, f, g, o as in torch.nn.LSTM. Legend: B batch, T time, I input, H hidden.
 """
 from __future__ import annotations
@@ -160,6 +162,8 @@ class FusedLSTMCell(LSTMCell):
 
     def forward(self, x: Tensor, lengths: Tensor, state: State | None = None
                 ) -> tuple[Tensor, State]:
+        if x.device.type != "cpu":  # GPUs: `lstm`'s packed torch.lstm, i.e. cuDNN's fused RNN
+            return LSTMCell.forward(self, x, lengths, state)
         batch, time = x.shape[0], x.shape[1]
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         # no state given: zeros (unless a subclass changed initial_state), so the compiled

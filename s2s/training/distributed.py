@@ -1,0 +1,155 @@
+"""Data-parallel training across processes and nodes: torch.distributed, launched by torchrun.
+
+`torchrun --nproc-per-node N -m s2s train CONFIG --run-dir RUN` starts N copies of the trainer;
+each finds its rank in the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+...) and joins one process group: gloo on CPU, NCCL on CUDA (one GPU per process, cuda:LOCAL_RANK).
+
+- `train.batch_size` is the global batch of one optimizer step: every rank computes the same
+  batch order and takes every WORLD_SIZE-th row of each batch (its share), so a run's result
+  does not depend on how many processes ran it. The loss is divided by the global batch's
+  target tokens (known on every rank from the corpus lengths), the gradients are summed over
+  the ranks after backward (one all-reduce over a flat buffer, as OpenNMT-py does; the deferred
+  weight-gradient GEMMs of s2s.ops.deferred have run by then), and every rank then clips and
+  steps the same gradient: the parameters stay identical without being broadcast.
+- Rank 0 alone writes the run (config, SentencePiece model, checkpoints, logs, TensorBoard) and
+  validates; the others wait and receive its validation figures, so plateau schedules and
+  patience decide the same everywhere. Whether to stop (a signal on any rank, rank 0's clock for
+  train.max_time) is agreed on at every step.
+- Checkpoints hold every rank's random generators, so a killed run resumed with the same number
+  of processes continues bitwise as if never interrupted.
+
+Without torchrun (WORLD_SIZE unset or 1) `World()` is the single process and nothing here talks
+to torch.distributed.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from s2s.errors import ConfigError
+
+# how long ranks wait for each other (rank 0's validation and checkpoint writes included)
+TIMEOUT = datetime.timedelta(hours=2)
+
+
+@dataclass
+class World:
+    """This process's place among the training processes (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def share(self, idx: np.ndarray) -> np.ndarray:
+        """This rank's rows of a global batch (every size-th one; maybe none)."""
+        return idx[self.rank::self.size]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj`, on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj if self.main else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's `obj` as a list on rank 0 (None elsewhere)."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.size if self.main else None
+        torch.distributed.gather_object(obj, out, dst=0)
+        return out
+
+    def agree(self, flags: list[int], device: torch.device) -> list[int]:
+        """The element-wise maximum of every rank's small integer `flags`."""
+        if not self.distributed:
+            return flags
+        t = torch.tensor(flags, dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return [int(v) for v in t.tolist()]
+
+    def sum_gradients(self, params: list[torch.Tensor], extra: list[float]) -> list[float]:
+        """Sum every parameter's gradient over the ranks, in place (a parameter without a
+        gradient on this rank counts as zeros), together with a few floats (`extra`: e.g.
+        the summed NLL); returns the summed `extra`."""
+        if not self.distributed:
+            return extra
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1).float() for g in grads] +
+                         [torch.tensor(extra, dtype=torch.float32, device=params[0].device)])
+        torch.distributed.all_reduce(flat)
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(g).to(g.dtype)
+            offset += n
+        return flat[offset:].tolist()
+
+    def close(self) -> None:
+        if self.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def from_env() -> World:
+    """The world torchrun describes in the environment (the single process without it)."""
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if size <= 1:
+        return World()
+    try:
+        return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"WORLD_SIZE={size} but RANK/LOCAL_RANK are missing or not numbers "
+                          f"({exc}); start several processes with torchrun") from exc
+
+
+def join(world: World, device: torch.device) -> torch.device:
+    """Join the process group (gloo on CPU, NCCL on CUDA); returns this rank's device (on CUDA:
+    cuda:LOCAL_RANK)."""
+    if not world.distributed:
+        return device
+    if device.type == "cuda":
+        if world.local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {world.local_rank} but this node has "
+                              f"{torch.cuda.device_count()} GPU(s): start at most that many "
+                              f"processes per node (torchrun --nproc-per-node)")
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend, timeout=TIMEOUT)
+    if torch.distributed.get_world_size() != world.size:
+        raise ConfigError(f"WORLD_SIZE={world.size} but the process group has "
+                          f"{torch.distributed.get_world_size()} processes")
+    return device
+
+
+def own_rng(payload: dict[str, Any], world: World, say: Callable[..., None]) -> dict[str, Any]:
+    """This rank's generators in a checkpoint; rank 0's when the run had another number of
+    processes (it continues, with a warning: not bitwise as an uninterrupted run would)."""
+    ranks, size = payload.get("rng_ranks"), payload.get("world_size", 1)
+    if size != world.size:
+        say(f"the run trained with {size} process(es) so far and continues with {world.size}: "
+            f"the same global batches, but dropout draws and summation order differ from an "
+            f"uninterrupted run", logging.WARNING)
+    if ranks and size == world.size:
+        return ranks[world.rank]
+    return payload["rng"]
