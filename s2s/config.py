@@ -48,7 +48,8 @@ class DataConfig:
     joint_vocab: bool = _f(True, "one SentencePiece model for both sides")
     prune_vocab: bool = _f(True, "joint model: each side keeps only the pieces seen on it")
     character_coverage: float = _f(1.0, "SentencePiece character coverage")
-    spm_input_sentence_size: int = _f(2_000_000, "sentences sampled to train SentencePiece",
+    spm_input_sentence_size: int = _f(1_000_000, "sentences sampled to train SentencePiece "
+                                                 "(its memory grows with them)",
                                       "positive")
     max_len: int = _f(100, "training pairs with more pieces on either side are dropped; "
                            "translate truncates sources at twice this", "positive")

@@ -110,7 +110,6 @@ def _unwrap(exc: BaseException) -> DataError | None:
 def _from_generator(generator, **kwargs):
     import datasets
 
-    datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     try:
         return datasets.Dataset.from_generator(generator, gen_kwargs=kwargs)

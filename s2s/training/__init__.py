@@ -13,8 +13,9 @@ translate.translate_lines and evaluate.score.
     resume("runs/toy", overrides=["train.max_steps=2000"])
 """
 from s2s.training.prepare import CONFIG_FILE, Corpus, build_lexicon, prepare
+from s2s.training.report import LOG_FILE, TB_DIR
 from s2s.training.resume import config_differences, resume
-from s2s.training.trainer import LOG_FILE, TB_DIR, Trainer, train
+from s2s.training.trainer import Trainer, train
 
 __all__ = ["CONFIG_FILE", "LOG_FILE", "TB_DIR", "Corpus", "Trainer", "build_lexicon",
            "config_differences", "prepare", "resume", "train"]

@@ -59,6 +59,17 @@ class World:
         """This rank's rows of a global batch (every size-th one; maybe none)."""
         return idx[self.rank::self.size]
 
+    def shares(self, corpus, group: list[np.ndarray]
+               ) -> tuple[list[dict], tuple[int, int] | None]:
+        """This rank's rows of each global batch in `group` (read from `corpus`, a
+        training.prepare.Corpus) and, in a distributed run, the global batches' (target
+        tokens, sentences), which every rank knows from the corpus lengths."""
+        rows = [corpus.data[self.share(idx).tolist()] for idx in group]
+        if not self.distributed:
+            return rows, None
+        return rows, (int(sum(int((corpus.tgt_len[idx] + 1).sum()) for idx in group)),
+                      sum(len(idx) for idx in group))
+
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()
@@ -86,6 +97,19 @@ class World:
         t = torch.tensor(flags, dtype=torch.int64, device=device)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return [int(v) for v in t.tolist()]
+
+    _SIGNALS = ("", "SIGINT", "SIGTERM")
+    _REASONS = ("", "max_steps", "max_time", "early stopping")
+
+    def agree_stop(self, signal: str | None, reason: str, device: torch.device
+                   ) -> tuple[str | None, str]:
+        """(the signal to stop on, the spent budget) of all ranks: a signal to any of them
+        stops all, and every rank stops at the same step."""
+        if not self.distributed:
+            return signal, reason
+        sig, why = self.agree([self._SIGNALS.index(signal or ""), self._REASONS.index(reason)],
+                              device)
+        return self._SIGNALS[sig] or None, self._REASONS[why]
 
     def sum_gradients(self, params: list[torch.Tensor], extra: list[float]) -> list[float]:
         """Sum every parameter's gradient over the ranks, in place (a parameter without a

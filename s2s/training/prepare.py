@@ -21,6 +21,8 @@ from s2s.ops.runtime import cache_dir
 from s2s.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.yaml"  # the resolved config in every run directory
+PARALLEL_FROM = 200_000  # pairs from which a split is tokenized by several processes
+MAX_WORKERS = 8
 
 
 @dataclass
@@ -56,9 +58,14 @@ def _encode(ds, tokenizer: Tokenizer, max_len: int, name: str, say: Callable[[st
     digest.update(str(ds._fingerprint).encode())
     for blob in tokenizer.to_bytes().values():
         digest.update(blob if isinstance(blob, bytes) else blob.encode())
+    # a large corpus is tokenized by several processes (each gets a pickled copy of the
+    # tokenizer); datasets keeps the result in its cache, keyed by the data and the tokenizer
+    workers = min(MAX_WORKERS, os.cpu_count() or 1) if len(ds) >= PARALLEL_FROM else None
     ds = ds.map(encode, batched=True, batch_size=2000, new_fingerprint=digest.hexdigest()[:32],
+                num_proc=workers if workers and workers > 1 else None,
                 desc=f"tokenizing {name}")
-    src_len, tgt_len = np.asarray(ds["src_len"]), np.asarray(ds["tgt_len"])
+    lengths = ds.select_columns(["src_len", "tgt_len"]).with_format("numpy")[:]
+    src_len, tgt_len = lengths["src_len"], lengths["tgt_len"]  # arrays, not Python lists
     empty = (src_len == 0) | (tgt_len == 0)
     long = ~empty & ((src_len > max_len) | (tgt_len > max_len))
     keep = np.flatnonzero(~(empty | long))
@@ -121,10 +128,16 @@ def _tokenizer(cfg: config.DataConfig, train_raw, run_dir: Path, say: Callable[[
     return tokenizer
 
 
-def prepare(cfg: config.Config, run_dir: Path, say: Callable[[str], None]
-            ) -> tuple[Tokenizer, Corpus, Corpus]:
-    """The run's tokenizer (trained unless the run has one) and its encoded splits."""
+def prepare(cfg: config.Config, run_dir: Path, say: Callable[[str], None],
+            progress: bool = False) -> tuple[Tokenizer, Corpus, Corpus]:
+    """The run's tokenizer (trained unless the run has one) and its encoded splits;
+    `progress`: datasets' bars for reading and tokenizing."""
+    import datasets
+
     from s2s import data
+
+    datasets.logging.set_verbosity_error()
+    (datasets.enable_progress_bars if progress else datasets.disable_progress_bars)()
 
     train_raw = data.load_split(cfg.data, cfg.data.train)
     valid_raw = data.load_split(cfg.data, cfg.data.valid)
@@ -140,13 +153,30 @@ def prepare(cfg: config.Config, run_dir: Path, say: Callable[[str], None]
 def build_lexicon(tokenizer: Tokenizer, train: Corpus, seed: int,
                   say: Callable[[str], None]) -> dict[str, torch.Tensor]:
     """The target-vocabulary lexicon of `s2s translate --shortlist`, from the encoded training
-    split (stored in every checkpoint; `s2s lexicon` rebuilds it for older runs)."""
-    return shortlist.build_for(train.data, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size,
-                               seed, say)
+    split (stored in every checkpoint; `s2s lexicon` rebuilds it for older runs). Kept in
+    data_cache() for later runs on the same encoded data."""
+    key = hashlib.sha256(json.dumps([train.data._fingerprint, seed, tokenizer.src_vocab_size,
+                                     tokenizer.tgt_vocab_size]).encode()).hexdigest()[:24]
+    cached = data_cache() / "lexicon" / f"{key}.pt"
+    try:
+        found = shortlist.load(cached, tokenizer.tgt_vocab_size)
+        if found is not None:
+            return found
+    except CheckpointError:
+        pass  # a damaged entry is rebuilt
+    lexicon = shortlist.build_for(train.data, tokenizer.src_vocab_size,
+                                  tokenizer.tgt_vocab_size, seed, say)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shortlist.save(lexicon, cached)
+    except (OSError, CheckpointError):
+        pass  # not writable: nothing lost
+    return lexicon
 
 
 def prepare_run(cfg: config.Config, run_dir: Path, world, lexicon: dict | None,
-                say: Callable[[str], None]) -> tuple[Tokenizer, Corpus, Corpus, dict | None]:
+                say: Callable[[str], None], progress: bool = False
+                ) -> tuple[Tokenizer, Corpus, Corpus, dict | None]:
     """A run's config file, tokenizer, encoded splits and lexicon (`lexicon`: a resumed run's
     own). Under torchrun rank 0 writes and prepares first (SentencePiece, the cached encoded
     corpora), then the other ranks load what it made; only rank 0 builds the lexicon."""
@@ -154,7 +184,7 @@ def prepare_run(cfg: config.Config, run_dir: Path, world, lexicon: dict | None,
     if world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.dump(cfg, run_dir / CONFIG_FILE)
-        tokenizer, train, valid = prepare(cfg, run_dir, say)
+        tokenizer, train, valid = prepare(cfg, run_dir, say, progress)
     world.barrier()
     if not world.main:
         tokenizer, train, valid = prepare(cfg, run_dir, say)

@@ -8,6 +8,9 @@ from typing import Any
 
 from s2s import config
 
+TB_DIR = "tensorboard"
+LOG_FILE = "train_log.jsonl"
+
 
 @dataclass
 class Window:
@@ -50,3 +53,19 @@ def hparams(cfg: config.Config, precision: str) -> dict[str, Any]:
               if isinstance(v, (int, float, str, bool))}
     values["train.precision_used"] = precision
     return values
+
+
+def monitor(run_dir, t: config.TrainConfig, step: int, elapsed: float, resumed: bool, world,
+            console: bool):
+    """The run's Monitor (TensorBoard, train_log.jsonl whose records carry world_size, the bar)
+    on rank 0; a NoMonitor on the other ranks of a distributed run."""
+    from s2s.monitor import Monitor, NoMonitor
+
+    if not world.main:
+        return NoMonitor()
+    out = Monitor(run_dir / TB_DIR, jsonl=run_dir / LOG_FILE, max_steps=t.max_steps,
+                  max_time=t.max_time, console=console, start_step=step, start_time=elapsed,
+                  purge_step=step + 1 if resumed else None, fields={"world_size": world.size})
+    if resumed:
+        out.record({"resumed_from": step})
+    return out

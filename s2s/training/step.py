@@ -4,12 +4,14 @@ batch and the gradients are summed over the ranks (s2s.training.distributed)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
 from s2s import config
 from s2s import precision as precisions
 from s2s.batching import collate
+from s2s.errors import TrainingError
 from s2s.training.distributed import World
 
 
@@ -45,3 +47,13 @@ def step(model, optimizer, scheduler, groups: list[dict], t: config.TrainConfig,
             scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return finite, total, grad_norm, tokens
+
+
+def nonfinite_error(count: int, step: int, limit: int, ckpt_dir: Path) -> TrainingError:
+    """The error that stops a run after `count` non-finite steps in a row."""
+    kept = (f"the last checkpoint ({ckpt_dir / 'last.pt'}) is intact"
+            if (ckpt_dir / "last.pt").exists() else "no checkpoint was written")
+    return TrainingError(f"training stopped: {count} non-finite losses or gradients in a row "
+                         f"after step {step} (train.max_nonfinite={limit}); {kept}. Lower "
+                         f"train.lr, add train.warmup_steps, lower train.clip_norm or use "
+                         f"train.precision=fp32")

@@ -18,26 +18,17 @@ from s2s import checkpoint, config, console, devices
 from s2s import precision as precisions
 from s2s.batching import bucket_batches
 from s2s.cells import registry
-from s2s.errors import CheckpointError, ConfigError, TrainingError
+from s2s.errors import CheckpointError, ConfigError
 from s2s.model import Seq2Seq
 from s2s.ops import gemm
 from s2s.ops.runtime import limit_onednn_caches, set_threads, tune_allocator
 from s2s.training import distributed, optim, report, step, validation
+from s2s.training import state as states
 from s2s.training.keeper import Keeper
 from s2s.training.prepare import prepare_run
 from s2s.training.signals import StopSignals
-from s2s.training.state import (
-    TrainState,
-    cell_info,
-    changed_arithmetic,
-    rng_state,
-    seed_all,
-    set_rng_state,
-    versions,
-)
+from s2s.training.state import TrainState
 
-TB_DIR = "tensorboard"
-LOG_FILE = "train_log.jsonl"
 log = logging.getLogger("s2s")
 
 
@@ -83,9 +74,10 @@ class Trainer:
         # the precision this device trains in (auto: bf16 only where it is native)
         self.precision, note = precisions.decide(t.precision, self.device,
                                                  what="train.precision")
-        seed_all(t.seed)
+        states.seed_all(t.seed)
         self.tokenizer, self.train_data, self.valid_data, self.lexicon = prepare_run(
-            cfg, self.run_dir, self.world, (self.resume_from or {}).get("lexicon"), self._say)
+            cfg, self.run_dir, self.world, (self.resume_from or {}).get("lexicon"), self._say,
+            self.console and sys.stderr.isatty())
         self.model = Seq2Seq(cfg.model, self.tokenizer.src_vocab_size,
                              self.tokenizer.tgt_vocab_size).to(self.device)
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -98,7 +90,7 @@ class Trainer:
             torch.manual_seed(t.seed + 1_000_003 * self.world.rank)  # each
         self.optimizer = optim.optimizer(self.model.parameters(), t)
         self.scheduler = optim.scheduler(self.optimizer, t)
-        self.cell = cell_info(cfg.model.cell)
+        self.cell = states.cell_info(cfg.model.cell)
         if self.resume_from is not None:
             self._restore(self.resume_from)
 
@@ -108,7 +100,7 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
             self.scheduler.load_state_dict(payload["scheduler"])
             restored = TrainState.from_dict(payload)
-            set_rng_state(distributed.own_rng(payload, self.world, self._say))
+            states.set_rng_state(distributed.own_rng(payload, self.world, self._say))
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{self.ckpt_dir / 'last.pt'} cannot be resumed ({exc}); it "
                                   f"was not written by this version's trainer") from exc
@@ -117,13 +109,13 @@ class Trainer:
         self.keeper.saved_step = restored.step
         s = self.state
         self._say(f"resuming at step {s.step} (epoch {s.epoch}, batch {s.batch_pos})")
-        for note in changed_arithmetic(payload, self.precision, self.cfg.train.precision):
+        for note in states.changed_arithmetic(payload, self.precision, self.cfg.train.precision):
             self._say(note, logging.WARNING)
 
     def _sync_rng(self) -> None:
         """Collect every rank's generators on rank 0 before a checkpoint may be written."""
         if self.world.distributed:
-            self.rng_ranks = self.world.gather(rng_state())
+            self.rng_ranks = self.world.gather(states.rng_state())
 
     def _payload(self) -> dict[str, Any]:
         self.state.elapsed = self._elapsed()
@@ -135,14 +127,14 @@ class Trainer:
             "spm": self.tokenizer.to_bytes(),
             "lexicon": self.lexicon,  # for translate --shortlist (s2s.shortlist)
             **self.state.to_dict(),
-            "rng": rng_state(),  # rank 0's
-            "rng_ranks": self.rng_ranks and [rng_state(), *self.rng_ranks[1:]],
+            "rng": states.rng_state(),  # rank 0's
+            "rng_ranks": self.rng_ranks and [states.rng_state(), *self.rng_ranks[1:]],
             "world_size": self.world.size,
             "cell": self.cell,
             "precision": self.precision,  # what train.precision resolved to on this machine
             "device": str(self.device),
             "gemm": gemm.backend(),  # the float32 product backend (kept on resume)
-            "versions": versions(),
+            "versions": states.versions(),
         }
 
     def _elapsed(self) -> float:
@@ -152,14 +144,9 @@ class Trainer:
     def train_step(self, group: list[np.ndarray]) -> tuple[bool, float, float, int]:
         """One optimizer step on `group` (accum_steps global batches of example indices; this
         rank computes its share of each): see step.step."""
-        data, world = self.train_data, self.world
-        rows = [data.data[world.share(idx).tolist()] for idx in group]
-        totals = None
-        if world.distributed:  # the global batch's tokens and sentences, known on every rank
-            totals = (int(sum(int((data.tgt_len[idx] + 1).sum()) for idx in group)),
-                      sum(len(idx) for idx in group))
+        rows, totals = self.world.shares(self.train_data, group)
         return step.step(self.model, self.optimizer, self.scheduler, rows, self.cfg.train,
-                         self.precision, self.device, totals=totals, world=world)
+                         self.precision, self.device, totals=totals, world=self.world)
 
     def _batches(self) -> Iterator[Any]:
         """Training batches from the current position on, across epochs; state.epoch and
@@ -200,20 +187,13 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from s2s.monitor import Monitor, NoMonitor
-
         if self.console:
             console.install()
         self.setup()
         t, s = self.cfg.train, self.state
         self.started = time.monotonic()
-        self.monitor = NoMonitor() if not self.world.main else Monitor(
-            self.run_dir / TB_DIR, jsonl=self.run_dir / LOG_FILE, max_steps=t.max_steps,
-            max_time=t.max_time, console=self.console, start_step=s.step,
-            start_time=self.elapsed_before, purge_step=s.step + 1 if self.resume_from else None,
-            fields={"world_size": self.world.size})
-        if self.resume_from is not None:
-            self.monitor.record({"resumed_from": s.step})
+        self.monitor = report.monitor(self.run_dir, t, s.step, self.elapsed_before,
+                                      self.resume_from is not None, self.world, self.console)
         window = report.Window()
         batches = self._batches()
         try:
@@ -265,18 +245,9 @@ class Trainer:
                 "skipped_steps": s.skipped,
                 "train_tgt_tok_s": s.tokens_seen / max(s.step_time, 1e-9), **final}
 
-    _SIGNALS = ("", "SIGINT", "SIGTERM")
-    _REASONS = ("", "max_steps", "max_time", "early stopping")
-
     def _should_stop(self, signals: StopSignals) -> tuple[str | None, str]:
-        """(the signal to stop on, the spent budget): agreed by all ranks of a distributed run
-        (a signal to any of them stops all; every rank stops at the same step)."""
-        reason = self._budget_spent()
-        if not self.world.distributed:
-            return signals.received, reason
-        sig, why = self.world.agree([self._SIGNALS.index(signals.received or ""),
-                                     self._REASONS.index(reason)], self.device)
-        return self._SIGNALS[sig] or None, self._REASONS[why]
+        """(the signal to stop on, the spent budget), agreed by every rank."""
+        return self.world.agree_stop(signals.received, self._budget_spent(), self.device)
 
     def _budget_spent(self) -> str:
         """Why training must stop before another step ("" to go on)."""
@@ -305,13 +276,7 @@ class Trainer:
         self._say(f"non-finite {'loss' if not math.isfinite(nll) else 'gradient'} after step "
                   f"{s.step}: update skipped ({s.nonfinite} in a row)", logging.WARNING)
         if s.nonfinite >= t.max_nonfinite:
-            kept = (f"the last checkpoint ({self.ckpt_dir / 'last.pt'}) is intact"
-                    if (self.ckpt_dir / "last.pt").exists() else "no checkpoint was written")
-            raise TrainingError(f"training stopped: {s.nonfinite} non-finite losses or "
-                                f"gradients in a row after step {s.step} "
-                                f"(train.max_nonfinite={t.max_nonfinite}); {kept}. Lower "
-                                f"train.lr, add train.warmup_steps, lower train.clip_norm or "
-                                f"use train.precision=fp32")
+            raise step.nonfinite_error(s.nonfinite, s.step, t.max_nonfinite, self.ckpt_dir)
 
     def _log(self, window: report.Window) -> None:
         values = window.values(self.optimizer.param_groups[0]["lr"])
