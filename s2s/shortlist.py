@@ -29,6 +29,7 @@ LEXICON_FILE = "lexicon.pt"
 LEXICON_K = 100  # candidates kept per source piece (a search uses its first --shortlist k)
 MAX_ENTRIES = 10_000_000  # source x target positions used for EM (~1 GB transient at most)
 ITERATIONS = 5
+SAMPLE_ROWS, SAMPLE_BLOCK = 100_000, 1_000  # pairs a large corpus's lexicon is estimated on
 
 
 def build(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], src_vocab: int,
@@ -96,9 +97,15 @@ def _fill_table(table: np.ndarray, src_flat: np.ndarray, tgt_flat: np.ndarray,
 def build_for(corpus, src_vocab: int, tgt_vocab: int, seed: int = 0,
               say: Callable[[str], None] = log.info) -> dict[str, Tensor]:
     """The lexicon of an encoded training split (a datasets.Dataset with src_ids/tgt_ids),
-    estimated on a seeded random sample when the split is large."""
-    rows = np.random.default_rng(seed).permutation(len(corpus))
-    sample = corpus.select(rows[:min(len(rows), 100_000)])
+    estimated on a seeded random sample of SAMPLE_ROWS pairs when the split is larger: blocks of
+    SAMPLE_BLOCK consecutive pairs at random places, so that reading them touches only those
+    parts of the memory-mapped corpus (single random rows would touch all of it)."""
+    n, rng = len(corpus), np.random.default_rng(seed)
+    if n <= SAMPLE_ROWS:
+        sample = corpus.select(rng.permutation(n))
+    else:
+        blocks = rng.choice(n // SAMPLE_BLOCK, SAMPLE_ROWS // SAMPLE_BLOCK, replace=False)
+        sample = corpus.select((blocks[:, None] * SAMPLE_BLOCK + np.arange(SAMPLE_BLOCK)).ravel())
     say(f"building the target-vocabulary lexicon (IBM model 1, {ITERATIONS} iterations) ...")
     return build(sample["src_ids"], sample["tgt_ids"], src_vocab, tgt_vocab)
 

@@ -50,6 +50,31 @@ def test_lexicon_uses_at_most_max_entries():
     assert (few["table"] == EOS).all() and int(few["frequent"][0]) == 5
 
 
+def test_a_large_corpus_is_sampled_in_contiguous_blocks(monkeypatch):
+    """Blocks of consecutive pairs: reading them touches only those parts of the mapped file."""
+    import numpy as np
+
+    class Corpus:
+        def __len__(self):
+            return 5000
+
+        def select(self, rows):
+            self.rows = np.asarray(rows)
+            return {"src_ids": [[4, 5]] * len(rows), "tgt_ids": [[6]] * len(rows)}
+
+    monkeypatch.setattr(shortlist, "SAMPLE_ROWS", 1000)
+    monkeypatch.setattr(shortlist, "SAMPLE_BLOCK", 100)
+    corpus = Corpus()
+    shortlist.build_for(corpus, 8, 8, seed=3, say=lambda message: None)
+    rows = corpus.rows
+    assert len(rows) == 1000 and len(set(rows.tolist())) == 1000 and rows.max() < 5000
+    blocks = rows.reshape(10, 100)
+    assert (np.diff(blocks, axis=1) == 1).all() and (blocks[:, 0] % 100 == 0).all()
+    first = rows.copy()
+    shortlist.build_for(corpus, 8, 8, seed=3, say=lambda message: None)
+    assert (corpus.rows == first).all()  # seeded
+
+
 def test_select_holds_frequent_translations_and_specials():
     src, tgt = _parallel(400)
     lexicon = shortlist.build(src, tgt, 24, 34, k=3)
