@@ -157,6 +157,11 @@ def _check_device(ctx, param, value: str) -> str:
     return value
 
 
+def _device_for(device: str, precision: str) -> str:
+    """--device auto with --precision int8 (CPU only) is the CPU, also where there is a GPU."""
+    return "cpu" if device == "auto" and precision == "int8" else device
+
+
 _device_option = click.option("--device", default="auto", show_default=True,
                               callback=_check_device, help=f"Where to compute: {devices.HELP}.")
 
@@ -223,7 +228,7 @@ def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: 
                                  param_hint="--nbest")
     set_threads(threads)
     tune_allocator()
-    translator = Translator.from_run(list(models), device=device)
+    translator = Translator.from_run(list(models), device=_device_for(device, precision))
     options = dict(beam=beam, nbest=nbest, length_penalty=length_penalty, alpha=alpha,
                    coverage_penalty=coverage_penalty, min_len=min_len, max_len_a=max_len_a,
                    max_len_b=max_len_b, sampling=sample, temperature=temperature, top_k=top_k,
@@ -269,7 +274,7 @@ def score(models: tuple[str, ...], input_path: str, targets_path: str, output_pa
     if len(sources) != len(targets):
         raise DataError(f"{input_path} has {len(sources)} lines but {targets_path} has "
                         f"{len(targets)}: sources and targets must be line-aligned")
-    translator = Translator.from_run(list(models), device=device)
+    translator = Translator.from_run(list(models), device=_device_for(device, precision))
     values = translator.score(sources, targets, batch_size=batch_size,
                               precision=precision)
     sink = _open_output(output_path)

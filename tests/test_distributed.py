@@ -178,3 +178,35 @@ def test_sigterm_to_torchrun_saves_once_and_stops_every_rank(toy_data, tmp_path)
     assert step >= 20 and checkpoint.step_file(run / "checkpoints", step).exists()
     train(2, run, toy_data, "train.max_steps=" + str(step + 10), resume=True)
     assert checkpoint.load(run / "checkpoints" / "last.pt")["step"] == step + 10
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' but WORLD_SIZE, RANK or LOCAL_RANK is missing"),
+    ({"WORLD_SIZE": "2"}, "RANK or LOCAL_RANK is missing"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "cannot join the gloo process group of 2 processes"),
+])
+def test_a_broken_torchrun_environment_is_one_clear_error(monkeypatch, env, message):
+    from s2s.errors import ConfigError
+    from s2s.training import distributed
+
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        distributed.join(distributed.from_env(), torch.device("cpu"))
+
+
+def test_a_parameter_no_rank_used_keeps_no_gradient(monkeypatch):
+    """The gradient sum leaves a parameter without a gradient on every rank at None (the
+    optimizer skips it, as in one process); one used on some rank gets the sum."""
+    from s2s.training.distributed import World
+
+    calls = []
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: calls.append(t) or t.mul_(2))
+    used, unused = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    used.grad = torch.tensor([1.0, 2.0, 3.0])
+    (nll,) = World(0, 2).sum_gradients([used, unused], [5.0])
+    assert len(calls) == 1  # one all-reduce for everything
+    assert torch.equal(used.grad, torch.tensor([2.0, 4.0, 6.0])) and unused.grad is None
+    assert nll == 10.0

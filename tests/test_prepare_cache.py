@@ -97,6 +97,9 @@ def test_a_damaged_cache_entry_is_retrained_not_used(toy_data, tmp_path, cache, 
     said = messages(caplog)
     assert "training SentencePiece" in said and "building the target-vocabulary lexicon" in said
     assert trainer.tokenizer.encode_src(["a b c"])[0]
+    assert (entry / "spm.model").read_bytes() == (tmp_path / "b" / "spm.model").read_bytes()
+    setup(tmp_path / "c", toy_data)  # the entry was replaced: used again
+    assert "trained earlier on the same data" in messages(caplog)
 
 
 def test_an_unwritable_cache_loses_nothing(toy_data, tmp_path, monkeypatch):

@@ -10,6 +10,18 @@
 #   the log and gpu_check.json go. DEVICE=cpu STEPS=20 runs the same script on a CPU (a dry run
 #   of the script itself). Needs s2s installed with its dependencies (README.md's set-up; on a
 #   machine without network, `pip install --no-deps -e .` plus wheels of what is missing).
+# On this workplace's GPU machine (torch, sentencepiece, sacrebleu, tensorboard, click, pyarrow
+# are there; datasets, dill and multiprocess are not), prepare here, in the repo root:
+#   echo /.whl/ >> .git/info/exclude; mkdir -p .gpu && echo /.gpu/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#       --platform manylinux2014_x86_64 -d .whl datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+#   cp ../shared/data/multi30k/{train,val,test_2016_flickr}.{en,de}.gz .gpu/
+# and run there (carry .whl and .gpu):
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+#   export PYTHONPATH=/tmp/site && python3 -m pip install -q --no-index --no-deps \
+#   --no-build-isolation -e . && DATA=.gpu OUT=$OUT bash tools/gpu_check.sh
+#   (the editable install registers the built-in cells' entry points)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:?set DATA to the Multi30k folder}

@@ -24,6 +24,8 @@ to torch.distributed.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -118,15 +120,41 @@ class World:
         if not self.distributed:
             return extra
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1).float() for g in grads] +
-                         [torch.tensor(extra, dtype=torch.float32, device=params[0].device)])
+        has = [float(p.grad is not None) for p in params]  # a gradient on any rank at all?
+        flat = torch.cat([g.reshape(-1).float() for g in grads] + [
+            torch.tensor(has + list(extra), dtype=torch.float32, device=params[0].device)])
         torch.distributed.all_reduce(flat)
         offset = 0
         for p, g in zip(params, grads):
             n = g.numel()
             p.grad = flat[offset:offset + n].view_as(g).to(g.dtype)
             offset += n
-        return flat[offset:].tolist()
+        for p, count in zip(params, flat[offset:offset + len(params)].tolist()):
+            if not count:  # no rank had one: as in one process, the optimizer skips it
+                p.grad = None
+        return flat[offset + len(params):].tolist()
+
+    def start(self, model: torch.nn.Module, tokenizer, seed: int) -> None:
+        """Before the first step of a distributed run: every rank has rank 0's tokenizer
+        (ConfigError if not: the nodes do not share the run directory), starts from rank 0's
+        parameters and buffers (built from the same seed; this guards against a random draw
+        that differs between ranks) and uses rank 0's product backend (s2s.ops.gemm); then
+        each rank gets its own dropout stream."""
+        if not self.distributed:
+            return
+        from s2s.ops import gemm
+
+        blob = json.dumps(tokenizer.to_bytes(), default=bytes.hex, sort_keys=True).encode()
+        digest = hashlib.sha256(blob).hexdigest()
+        if self.broadcast(digest) != digest:
+            raise ConfigError(f"rank {self.rank} has another tokenizer than rank 0: every node "
+                              f"must see the same run directory (--run-dir on a shared file "
+                              f"system)")
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                torch.distributed.broadcast(t.data, src=0)
+        gemm.prefer(self.broadcast(gemm.backend()))
+        torch.manual_seed(seed + 1_000_003 * self.rank)
 
     def close(self) -> None:
         if self.distributed and torch.distributed.is_initialized():
@@ -135,14 +163,15 @@ class World:
 
 def from_env() -> World:
     """The world torchrun describes in the environment (the single process without it)."""
-    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if size <= 1:
-        return World()
     try:
+        size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if size <= 1:
+            return World()
         return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
     except (KeyError, ValueError) as exc:
-        raise ConfigError(f"WORLD_SIZE={size} but RANK/LOCAL_RANK are missing or not numbers "
-                          f"({exc}); start several processes with torchrun") from exc
+        raise ConfigError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} but WORLD_SIZE, RANK or "
+                          f"LOCAL_RANK is missing or not a number ({exc}); start several "
+                          f"processes with torchrun") from exc
 
 
 def join(world: World, device: torch.device) -> torch.device:
@@ -159,21 +188,33 @@ def join(world: World, device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend, timeout=TIMEOUT)
+        try:
+            torch.distributed.init_process_group(backend, timeout=TIMEOUT)
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError(f"cannot join the {backend} process group of {world.size} "
+                              f"processes ({str(exc).splitlines()[0]}); start them with torchrun "
+                              f"(it sets MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE)") from exc
     if torch.distributed.get_world_size() != world.size:
         raise ConfigError(f"WORLD_SIZE={world.size} but the process group has "
                           f"{torch.distributed.get_world_size()} processes")
     return device
 
 
-def own_rng(payload: dict[str, Any], world: World, say: Callable[..., None]) -> dict[str, Any]:
-    """This rank's generators in a checkpoint; rank 0's when the run had another number of
-    processes (it continues, with a warning: not bitwise as an uninterrupted run would)."""
+def restore_rng(payload: dict[str, Any], world: World, seed: int,
+                say: Callable[..., None]) -> None:
+    """Set this rank's generators from a checkpoint. When the run had another number of
+    processes it continues with a warning (not bitwise as an uninterrupted run would): rank
+    0's generators, each rank's torch stream reseeded from (seed, step, rank)."""
+    from s2s.training.state import set_rng_state
+
     ranks, size = payload.get("rng_ranks"), payload.get("world_size", 1)
+    if ranks and size == world.size:
+        set_rng_state(ranks[world.rank])
+        return
+    set_rng_state(payload["rng"])
     if size != world.size:
         say(f"the run trained with {size} process(es) so far and continues with {world.size}: "
             f"the same global batches, but dropout draws and summation order differ from an "
             f"uninterrupted run", logging.WARNING)
-    if ranks and size == world.size:
-        return ranks[world.rank]
-    return payload["rng"]
+        if world.distributed:
+            torch.manual_seed(hash((seed, int(payload.get("step", 0)), world.rank)) % 2**63)

@@ -21,6 +21,7 @@ from s2s.ops.runtime import cache_dir
 from s2s.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.yaml"  # the resolved config in every run directory
+CACHE_VERSION = 1  # part of every data-cache key: raise it when what is cached is made otherwise
 PARALLEL_FROM = 200_000  # pairs from which a split is tokenized by several processes
 MAX_WORKERS = 8
 
@@ -100,18 +101,19 @@ def _tokenizer(cfg: config.DataConfig, train_raw, run_dir: Path, say: Callable[[
     import sentencepiece
 
     settings = {k: getattr(cfg, k) for k in _SPM_KEYS}
-    key = hashlib.sha256(json.dumps([train_raw._fingerprint, settings, sentencepiece.__version__],
-                                    sort_keys=True).encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, train_raw._fingerprint, settings,
+                                     sentencepiece.__version__], sort_keys=True).encode()
+                         ).hexdigest()[:24]
     cached = data_cache() / "spm" / key
-    if Tokenizer.exists(cached):
+    if cached.exists():
         try:
             Tokenizer.load(cached)  # a damaged entry is retrained, not used
             Tokenizer.copy(cached, run_dir)
             say(f"SentencePiece: the model trained earlier on the same data and settings "
                 f"({cached})")
             return Tokenizer.load(run_dir)
-        except (CheckpointError, OSError):
-            pass
+        except (CheckpointError, OSError, ValueError, KeyError, TypeError):
+            shutil.rmtree(cached, ignore_errors=True)  # replaced below
     say(f"training SentencePiece ({cfg.spm_model_type}, {cfg.vocab_size} pieces, "
         f"{'joint' if cfg.joint_vocab else 'separate'}) ...")
     tokenizer = Tokenizer.train(_Column(train_raw, "src"), _Column(train_raw, "tgt"), cfg,
@@ -120,6 +122,7 @@ def _tokenizer(cfg: config.DataConfig, train_raw, run_dir: Path, say: Callable[[
     try:  # into a private folder first, then renamed: a cache entry is whole or absent
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = tempfile.mkdtemp(dir=cached.parent)
+        os.chmod(tmp, 0o755)  # readable by every user of a shared cache, like its files
         Tokenizer.copy(run_dir, tmp)
         os.replace(tmp, cached)
     except OSError:  # another run stored it first, or the cache is not writable: nothing lost
@@ -155,8 +158,11 @@ def build_lexicon(tokenizer: Tokenizer, train: Corpus, seed: int,
     """The target-vocabulary lexicon of `s2s translate --shortlist`, from the encoded training
     split (stored in every checkpoint; `s2s lexicon` rebuilds it for older runs). Kept in
     data_cache() for later runs on the same encoded data."""
-    key = hashlib.sha256(json.dumps([train.data._fingerprint, seed, tokenizer.src_vocab_size,
-                                     tokenizer.tgt_vocab_size]).encode()).hexdigest()[:24]
+    how = [shortlist.SAMPLE_ROWS, shortlist.SAMPLE_BLOCK, shortlist.ITERATIONS,
+           shortlist.LEXICON_K, shortlist.MAX_ENTRIES]  # how it is built
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, train.data._fingerprint, seed, how,
+                                     tokenizer.src_vocab_size, tokenizer.tgt_vocab_size]
+                                    ).encode()).hexdigest()[:24]
     cached = data_cache() / "lexicon" / f"{key}.pt"
     try:
         found = shortlist.load(cached, tokenizer.tgt_vocab_size)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from s2s import checkpoint, config, console, devices
 from s2s import precision as precisions
@@ -86,8 +85,7 @@ class Trainer:
                   f"on {self.device}")
         if note:
             self._say(note)
-        if self.world.distributed:  # the same initial weights everywhere, then a dropout stream
-            torch.manual_seed(t.seed + 1_000_003 * self.world.rank)  # each
+        self.world.start(self.model, self.tokenizer, t.seed)
         self.optimizer = optim.optimizer(self.model.parameters(), t)
         self.scheduler = optim.scheduler(self.optimizer, t)
         self.cell = states.cell_info(cfg.model.cell)
@@ -100,7 +98,7 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
             self.scheduler.load_state_dict(payload["scheduler"])
             restored = TrainState.from_dict(payload)
-            states.set_rng_state(distributed.own_rng(payload, self.world, self._say))
+            distributed.restore_rng(payload, self.world, self.cfg.train.seed, self._say)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{self.ckpt_dir / 'last.pt'} cannot be resumed ({exc}); it "
                                   f"was not written by this version's trainer") from exc
