@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,28 @@ from typing import Any
 from s2s.config import DataConfig
 from s2s.errors import DataError
 
+PARALLEL_BYTES = 64 << 20  # uncompressed files from this size are read by several processes
+MAX_READERS = 8
 
-def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text without newline), decoding UTF-8 strictly."""
+
+def _open_lines(path: Path, span: tuple[int, int, int] | None = None
+                ) -> Iterator[tuple[int, str]]:
+    """(line number, text without newline), decoding UTF-8 strictly; `span` (first line
+    number, start byte, end byte): only the lines of that byte range of a plain file."""
+    first, start, end = span or (1, 0, -1)
     try:
         raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
     except OSError as exc:
         raise DataError(f"{path}: cannot open ({exc.strerror})") from exc
     with raw:
         try:
-            for number, line in enumerate(io.BufferedReader(raw), start=1):
+            if start:
+                raw.seek(start)
+            for number, line in enumerate(io.BufferedReader(raw), start=first):
+                if end >= 0:  # a shard: up to its end byte
+                    if start >= end:
+                        break
+                    start += len(line)
                 try:
                     text = line.decode("utf-8")
                 except UnicodeDecodeError as exc:
@@ -48,8 +61,65 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def _aligned_text(src_path: str, tgt_path: str, signature: Any = None) -> Iterator[dict]:
-    src_lines, tgt_lines = _open_lines(Path(src_path)), _open_lines(Path(tgt_path))
+def _line_starts(path: Path, every: int = 0) -> tuple[list[int], int]:
+    """(the byte offsets where lines 1, every+1, 2*every+1, ... of a plain file start (with
+    `every` > 0), its number of lines)."""
+    import numpy as np
+
+    offsets, lines, position, last = [0], 0, 0, b"\n"
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            if every:
+                ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
+                numbers = lines + 1 + np.arange(len(ends))  # the line each newline ends
+                offsets.extend((position + ends[numbers % every == 0] + 1).tolist())
+                lines += len(ends)
+            else:
+                lines += chunk.count(b"\n")
+            position, last = position + len(chunk), chunk[-1:]
+    if last != b"\n":
+        lines += 1  # a last line without its newline
+    if len(offsets) > 1 and offsets[-1] >= position:
+        offsets.pop()  # the file ends where a shard would start
+    return offsets, lines
+
+
+def shards(paths: list[Path], readers: int) -> list[list[tuple[int, int, int]]] | None:
+    """Line-aligned byte ranges of the plain files `paths` (one list of (first line, start,
+    end) per file, the same lines in each), cut into `readers` shards; None when the files
+    are compressed, small, or one reader is asked for. A DataError if their lines differ in
+    number (the parallel reader would not see which file is short)."""
+    if readers < 2 or any(p.suffix == ".gz" for p in paths) or \
+            max(p.stat().st_size for p in paths) < PARALLEL_BYTES:
+        return None
+    every = max(1, -(-_line_starts(paths[0])[1] // readers))  # lines per shard
+    found = [_line_starts(p, every) for p in paths]
+    if len({n for _, n in found}) > 1:
+        (a, na), (b, nb) = [(p, n) for p, (_, n) in zip(paths, found)][:2]
+        shorter, longer, n = (a, b, na) if na < nb else (b, a, nb)
+        raise DataError(f"{shorter} has {n} lines but {longer} has more: the two sides of a "
+                        f"parallel corpus must have the same number of lines")
+    out = []
+    for (offsets, _), path in zip(found, paths):
+        ends = [*offsets[1:], path.stat().st_size]
+        out.append([(i * every + 1, start, end) for i, (start, end) in
+                    enumerate(zip(offsets, ends))])
+    if len({len(x) for x in out}) > 1:  # uneven cuts (e.g. a trailing newline): read whole
+        return None
+    return out
+
+
+def _aligned_text(src_path: str, tgt_path: str, signature: Any = None,
+                  spans: Any = None) -> Iterator[dict]:
+    """Pairs of the aligned files; `spans`: the (src span, tgt span) shards this reader reads,
+    in order (datasets gives each process its slice of the list)."""
+    for src_span, tgt_span in spans or [(None, None)]:
+        yield from _aligned_pairs(src_path, tgt_path, src_span, tgt_span)
+
+
+def _aligned_pairs(src_path: str, tgt_path: str, src_span, tgt_span) -> Iterator[dict]:
+    src_lines = _open_lines(Path(src_path), src_span)
+    tgt_lines = _open_lines(Path(tgt_path), tgt_span)
     count = 0
     while True:
         src, tgt = next(src_lines, None), next(tgt_lines, None)
@@ -107,16 +177,19 @@ def _unwrap(exc: BaseException) -> DataError | None:
     return None
 
 
-def _from_generator(generator, **kwargs):
+def _from_generator(generator, num_proc: int | None = None, **kwargs):
     import datasets
 
     datasets.logging.set_verbosity_error()
     try:
-        return datasets.Dataset.from_generator(generator, gen_kwargs=kwargs)
+        return datasets.Dataset.from_generator(generator, gen_kwargs=kwargs, num_proc=num_proc)
     except Exception as exc:
         found = _unwrap(exc)
         if found is not None:
             raise DataError(str(found)) from None
+        if num_proc:  # a reader process failed, and its error's cause did not cross the
+            for _ in generator(**kwargs):  # process boundary: find it by reading here
+                pass
         raise
 
 
@@ -174,6 +247,12 @@ def load_split(cfg: DataConfig, split: str):
     if cfg.hub:
         return _hub(cfg, split)
     generator, kwargs = local_source(cfg, split)
+    readers = min(MAX_READERS, os.cpu_count() or 1)
+    if generator is _aligned_text:
+        cut = shards([Path(kwargs["src_path"]), Path(kwargs["tgt_path"])], readers)
+        if cut:  # list-valued gen_kwargs: datasets hands each process its shards, in order
+            kwargs["spans"] = [tuple(pair) for pair in zip(*cut)]
+            return _from_generator(generator, num_proc=len(cut[0]), **kwargs)
     return _from_generator(generator, **kwargs)
 
 

@@ -241,3 +241,55 @@ def test_tsv_wrong_field_count_names_line(tmp_path, bad):
     text = str(info.value)
     assert f"{tmp_path / 'train.tsv'}:2" in text
     assert f"found {len(bad.split(chr(9)))}" in text
+
+
+# --- large plain files: read by several processes ---------------------------------------------
+
+
+@pytest.fixture
+def parallel(monkeypatch):
+    """Every plain file counts as large; three readers."""
+    monkeypatch.setattr(data, "PARALLEL_BYTES", 1)
+    monkeypatch.setattr(data, "MAX_READERS", 3)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+
+
+def _corpus(n: int) -> tuple[list[str], list[str]]:
+    src = [f"s{i} " + "x" * (i % 7) if i % 11 else "" for i in range(n)]  # empty lines too
+    return src, [f"t{i} ü" for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [3, 10, 1000, 1001])
+@pytest.mark.parametrize("final_newline", [True, False])
+def test_parallel_reading_equals_one_reader(tmp_path, parallel, n, final_newline):
+    src, tgt = _corpus(n)
+    for name, lines in (("train.en", src), ("train.de", tgt)):
+        text = "\r\n".join(lines) + ("\r\n" if final_newline else "")
+        (tmp_path / name).write_bytes(text.encode("utf-8"))
+    cut = data.shards([tmp_path / "train.en", tmp_path / "train.de"], 3)
+    assert cut is not None and len(cut[0]) == (3 if n >= 3 else n)
+    assert pairs(data.load_split(cfg_for(tmp_path), "train")) == list(zip(src, tgt))
+
+
+def test_compressed_or_small_files_are_read_by_one_process(tmp_path, monkeypatch):
+    write(tmp_path / "train.en", SRC)
+    write(tmp_path / "train.de", TGT, compress=True)
+    files = [tmp_path / "train.en", tmp_path / "train.de.gz"]
+    assert data.shards(files, 4) is None
+    monkeypatch.setattr(data, "PARALLEL_BYTES", 1)
+    assert data.shards(files, 4) is None  # gzip cannot be cut
+    assert data.shards([tmp_path / "train.en"] * 2, 1) is None  # one reader
+
+
+def test_parallel_reading_keeps_the_errors(tmp_path, parallel):
+    src, tgt = _corpus(1000)
+    write(tmp_path / "train.en", src)
+    write(tmp_path / "train.de", tgt + ["one more"])
+    with pytest.raises(DataError, match=r"train.en has 1000 lines but .*train.de has more"):
+        data.load_split(cfg_for(tmp_path), "train")
+    raw = "".join(f"{t}\n" for t in tgt).encode()
+    at = raw.index(b"t900 ")
+    (tmp_path / "train.de").write_bytes(raw[:at] + b"\xff" + raw[at + 1:])  # in the last shard
+    with pytest.raises(DataError) as info:
+        data.load_split(cfg_for(tmp_path), "train")
+    assert f"{tmp_path / 'train.de'}:901: invalid UTF-8" in str(info.value)
