@@ -210,3 +210,15 @@ def test_a_parameter_no_rank_used_keeps_no_gradient(monkeypatch):
     assert len(calls) == 1  # one all-reduce for everything
     assert torch.equal(used.grad, torch.tensor([2.0, 4.0, 6.0])) and unused.grad is None
     assert nll == 10.0
+
+
+def test_a_plugin_cell_trains_in_every_rank(toy_data, tmp_path):
+    """The example third-party cell (plugins/s2s-lnlstm, installed by the README's set-up) is
+    found through its entry point in each rank; the ranks' gradients sum as for built-ins."""
+    pytest.importorskip("s2s_lnlstm")
+    run = tmp_path / "plugin"
+    train(2, run, toy_data, "model.cell=lnlstm", "train.max_steps=5", "train.validate_every=5",
+          "train.checkpoint_every=5", "train.valid_bleu=false", "train.metric=loss")
+    payload = checkpoint.load(run / "checkpoints" / "last.pt")
+    assert payload["cell"]["name"] == "lnlstm" and payload["world_size"] == 2
+    assert payload["step"] == 5
