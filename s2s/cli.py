@@ -254,6 +254,51 @@ def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: 
 
 @main.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Lines per search: concurrent requests are merged up to this.")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long a search waits for more requests after the first.")
+@click.option("--max-lines", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Lines per request (more: 413).")
+@click.option("--max-chars", type=click.IntRange(min=1), default=200_000, show_default=True,
+              help="Characters per request, all lines together (more: 413).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8"]),
+              default="auto", show_default=True, help="As for `s2s translate`.")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="torch threads (0: torch's default).")
+@_device_option
+def serve(models: tuple[str, ...], host: str, port: int, batch_size: int, max_wait_ms: float,
+          max_lines: int, max_chars: int, precision: str, threads: int, device: str) -> None:
+    """Serve MODELS (run directories or checkpoints; several: an ensemble) over HTTP:
+    POST /translate {"text": [...]} -> {"translations": [...]}; GET /health, /info; the API
+    is documented at /docs. Concurrent requests are batched together. Needs the `serve` extra
+    (pip install 's2s[serve]')."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+
+        from s2s import serve as service
+    except ImportError as exc:
+        raise S2SError(f"s2s serve needs FastAPI and uvicorn ({exc}); install them with "
+                        f"pip install 's2s[serve]'") from None
+    from s2s.ops.runtime import set_threads, tune_allocator
+    from s2s.translate import Translator
+
+    set_threads(threads)
+    tune_allocator()
+    cfg = service.ServeConfig(batch_size=batch_size, max_wait_ms=max_wait_ms,
+                              max_lines=max_lines, max_chars=max_chars, precision=precision)
+    where = " ".join(models)
+    log.info("serving %s on http://%s:%d (API: /docs)", where, host, port)
+    service.serve(lambda: Translator.from_run(list(models), device=_device_for(device, precision)),
+                  cfg, host, port, where)
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path())
 @click.option("-i", "--input", "input_path", required=True, type=click.Path(dir_okay=False),
               help="Source sentences, one per line.")
 @click.option("-r", "--targets", "targets_path", required=True,
