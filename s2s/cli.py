@@ -276,25 +276,11 @@ def serve(models: tuple[str, ...], host: str, port: int, batch_size: int, max_wa
     POST /translate {"text": [...]} -> {"translations": [...]}; GET /health, /info; the API
     is documented at /docs. Concurrent requests are batched together. Needs the `serve` extra
     (pip install 's2s[serve]')."""
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
+    from s2s import serve as service
 
-        from s2s import serve as service
-    except ImportError as exc:
-        raise S2SError(f"s2s serve needs FastAPI and uvicorn ({exc}); install them with "
-                        f"pip install 's2s[serve]'") from None
-    from s2s.ops.runtime import set_threads, tune_allocator
-    from s2s.translate import Translator
-
-    set_threads(threads)
-    tune_allocator()
     cfg = service.ServeConfig(batch_size=batch_size, max_wait_ms=max_wait_ms,
                               max_lines=max_lines, max_chars=max_chars, precision=precision)
-    where = " ".join(models)
-    log.info("serving %s on http://%s:%d (API: /docs)", where, host, port)
-    service.serve(lambda: Translator.from_run(list(models), device=_device_for(device, precision)),
-                  cfg, host, port, where)
+    service.main(list(models), host, port, cfg, threads, _device_for(device, precision))
 
 
 @main.command()

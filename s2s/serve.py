@@ -282,3 +282,22 @@ def serve(load, cfg: ServeConfig, host: str, port: int, where: str) -> None:
         uvicorn.Server(config).run()
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def main(models: list[str], host: str, port: int, cfg: ServeConfig, threads: int,
+         device: str) -> None:
+    """`s2s serve`: load MODELS (on a thread, after the server is up) and serve them."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise S2SError(f"s2s serve needs FastAPI and uvicorn ({exc}); install them with "
+                       f"pip install 's2s[serve]'") from None
+    from s2s.ops.runtime import set_threads, tune_allocator
+    from s2s.translate import Translator
+
+    set_threads(threads)
+    tune_allocator()
+    where = " ".join(models)
+    log.info("serving %s on http://%s:%d (API: /docs)", where, host, port)
+    serve(lambda: Translator.from_run(models, device=device), cfg, host, port, where)
