@@ -120,10 +120,30 @@ def show_config(config_file: str | None, overrides: tuple[str, ...]) -> None:
 
 
 def _open_input(path: str):
+    """The input as bytes: stdin, a file, or a gzipped file (.gz, as training reads it)."""
     try:
-        return sys.stdin.buffer if path == "-" else open(path, "rb")
+        if path == "-":
+            return sys.stdin.buffer
+        if path.endswith(".gz"):
+            import gzip
+
+            return gzip.open(path, "rb")
+        return open(path, "rb")
     except OSError as exc:
         raise DataError(f"--input {path}: cannot open ({exc.strerror})") from exc
+
+
+def _not_the_same(input_path: str, output_path: str) -> None:
+    """A DataError before anything is opened when --output would overwrite --input."""
+    if "-" in (input_path, output_path) or not Path(output_path).exists():
+        return
+    try:
+        same = Path(input_path).samefile(output_path)
+    except OSError:
+        return  # an unreadable input gets its own error
+    if same:
+        raise DataError(f"--output {output_path} is the input file: writing it would destroy "
+                        f"the text before it is read; write to another file")
 
 
 def _open_output(path: str):
@@ -236,6 +256,7 @@ def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: 
                    max_tokens=max_tokens, max_src_len=max_src_len, precision=precision,
                    shortlist=shortlist, shortlist_frequent=shortlist_frequent)
     json_lines = output_scores or output_alignments or nbest > 1
+    _not_the_same(input_path, output_path)
     source = _open_input(input_path)
     try:
         sink = _open_output(output_path)
@@ -245,8 +266,9 @@ def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: 
         finally:
             if sink is not sys.stdout:
                 sink.close()
-    except OSError as exc:
-        raise DataError(f"reading {input_path} failed ({exc.strerror or exc})") from exc
+    except (OSError, EOFError) as exc:  # EOFError: a truncated .gz
+        raise DataError(f"reading {input_path} failed ({getattr(exc, 'strerror', None) or exc})"
+                        ) from exc
     finally:
         if source is not sys.stdin.buffer:
             source.close()

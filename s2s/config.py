@@ -19,7 +19,8 @@ from s2s.errors import ConfigError
 
 # the range rules a numeric field may carry (metadata "rule"), checked by `_build`
 RULES = {"positive": ("> 0", lambda v: v > 0), "non_negative": (">= 0", lambda v: v >= 0),
-         "unit_interval": ("in [0, 1)", lambda v: 0 <= v < 1)}
+         "unit_interval": ("in [0, 1)", lambda v: 0 <= v < 1),
+         "fraction": ("in (0, 1]", lambda v: 0 < v <= 1)}
 
 
 def _f(default: Any = dataclasses.MISSING, help: str = "", rule: str | None = None, *,
@@ -47,7 +48,7 @@ class DataConfig:
     spm_model_type: Literal["unigram", "bpe"] = _f("unigram", "SentencePiece model type")
     joint_vocab: bool = _f(True, "one SentencePiece model for both sides")
     prune_vocab: bool = _f(True, "joint model: each side keeps only the pieces seen on it")
-    character_coverage: float = _f(1.0, "SentencePiece character coverage")
+    character_coverage: float = _f(1.0, "SentencePiece character coverage", "fraction")
     spm_input_sentence_size: int = _f(1_000_000, "sentences sampled to train SentencePiece "
                                                  "(its memory grows with them)",
                                       "positive")
@@ -96,8 +97,8 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw", "sgd"] = _f(
         "adam", "adam, adamw (decoupled weight decay) or sgd (with `momentum`)")
     lr: float = _f(1e-3, "learning rate (peak, after warm-up)", "positive")
-    adam_beta1: float = _f(0.9, "adam/adamw beta1")
-    adam_beta2: float = _f(0.999, "adam/adamw beta2")
+    adam_beta1: float = _f(0.9, "adam/adamw beta1", "unit_interval")
+    adam_beta2: float = _f(0.999, "adam/adamw beta2", "unit_interval")
     momentum: float = _f(0.0, "sgd momentum", "unit_interval")
     weight_decay: float = _f(0.0, "L2 penalty (adam, sgd) or decoupled decay (adamw)",
                              "non_negative")

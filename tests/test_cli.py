@@ -424,3 +424,31 @@ def test_checkpoint_is_self_contained(toy_run):
     stored = config.from_dict(last["config"])
     assert stored == config.load(toy_run / "config.yaml")
     assert stored.model == config.load(TOY, ["data.dir=x"]).model
+
+
+def test_translate_refuses_to_overwrite_its_input(toy_run, tmp_path):
+    source = tmp_path / "text.txt"
+    source.write_text("a b c\nd e\n")
+    result = cli("translate", toy_run, "-i", source, "-o", source)
+    assert result.exit_code == 1
+    assert "is the input file" in result.output and "Traceback" not in result.output
+    assert source.read_text() == "a b c\nd e\n"  # untouched
+    link = tmp_path / "link.txt"
+    link.symlink_to(source)
+    assert cli("translate", toy_run, "-i", source, "-o", link).exit_code == 1
+    assert source.read_text() == "a b c\nd e\n"
+
+
+def test_translate_reads_gzipped_input_as_training_does(toy_run, tmp_path):
+    import gzip
+
+    plain, packed = tmp_path / "in.txt", tmp_path / "in.txt.gz"
+    plain.write_text("a b c\n\nd e f g\n")
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    a, b = (cli("translate", toy_run, "-i", f, "--precision", "fp32") for f in (plain, packed))
+    assert a.exit_code == b.exit_code == 0 and a.output == b.output
+    assert len(b.output.splitlines()) == 3
+    blob = gzip.compress("".join(f"a b {i}\n" for i in range(20000)).encode())
+    packed.write_bytes(blob[:len(blob) // 2])  # truncated
+    result = cli("translate", toy_run, "-i", packed, "-o", tmp_path / "out.txt")
+    assert result.exit_code == 1 and f"reading {packed} failed" in result.output

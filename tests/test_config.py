@@ -136,3 +136,22 @@ def test_s2s_config_reports_bad_keys():
 
     result = CliRunner().invoke(main, ["config", "--set", "train.bogus=1"])
     assert result.exit_code == 1 and "unknown key 'train.bogus'" in result.output
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.adam_beta1=2", "'train.adam_beta1' must be in [0, 1), got 2"),
+    ("train.adam_beta2=-0.1", "'train.adam_beta2' must be in [0, 1), got -0.1"),
+    ("data.character_coverage=5", "'data.character_coverage' must be in (0, 1], got 5"),
+    ("data.character_coverage=0", "'data.character_coverage' must be in (0, 1], got 0"),
+    ("train.lr=.nan", "'train.lr' must be > 0, got nan"),
+])
+def test_out_of_range_values_name_their_own_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        config.load(ROOT / "configs" / "toy.yaml", [override])
+    assert message in str(info.value)
+
+
+def test_in_range_betas_and_coverage_load():
+    cfg = config.load(ROOT / "configs" / "toy.yaml", ["train.adam_beta2=0.98",
+                                                      "data.character_coverage=0.9995"])
+    assert cfg.train.adam_beta2 == 0.98 and cfg.data.character_coverage == 0.9995
