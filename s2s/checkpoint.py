@@ -141,6 +141,13 @@ def average_run(run_dir: str | Path, last: int, output: str | Path) -> list[int]
     files = step_files(Path(run_dir) / CHECKPOINT_DIR)
     if not files:
         raise CheckpointError(f"{run_dir}: no {CHECKPOINT_DIR}/step-N.pt checkpoints to average")
+    target = Path(output).resolve()
+    if target.parent.name == CHECKPOINT_DIR and (step_files(target.parent)
+                                                 or (target.parent / "last.pt").exists()):
+        raise CheckpointError(f"-o {output} is inside a run's {CHECKPOINT_DIR}/: an averaged "
+                              f"model there would replace or shadow the checkpoints `--resume` "
+                              f"continues from; write it beside them, e.g. "
+                              f"{Path(run_dir) / 'avg.pt'}")
     steps = sorted(files)[-last:]
     newest = load(files[steps[-1]])
     total = {k: v.double() for k, v in newest["model"].items()}

@@ -3,6 +3,7 @@ early stopping, gradient accumulation, non-finite losses, TensorBoard contents, 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -188,6 +189,25 @@ def test_resuming_a_finished_run_trains_no_further_step(reference, tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_without_last_pt_uses_the_newest_step_file(reference, tmp_path, caplog):
+    """A run killed between writing step-N.pt and pointing last.pt at it; a half-written newer
+    file and stale temporary files (a killed write) are left behind too."""
+    run = tmp_path / "no_last"
+    shutil.copytree(reference, run)
+    ckpts = run / "checkpoints"
+    (ckpts / "last.pt").unlink()
+    checkpoint.step_file(ckpts, STEPS + 5).write_bytes(b"half a checkpoint")
+    stale = ckpts / f".{checkpoint.step_file(ckpts, STEPS).name}.x1y2.tmp"
+    stale.write_bytes(b"left by a killed write")
+    caplog.set_level(logging.WARNING, logger="s2s")
+    result = resume(run, overrides=[f"train.max_steps={STEPS + 10}"], console=False)
+    assert result["step"] == STEPS + 10
+    assert f"resuming from its newest checkpoint, {checkpoint.step_file(ckpts, STEPS).name}" \
+        in caplog.text
+    assert not stale.exists() and (ckpts / "last.pt").exists()
+
+
+@pytest.mark.slow
 def test_budget_stop_then_longer_resume_equals_one_long_run(toy_data, tmp_path):
     """A run stopped by its step budget between validations, then resumed with a bigger budget,
     ends like a run given the bigger budget at once: the final (unscheduled) validation of the
@@ -245,7 +265,7 @@ def test_resume_refuses_a_checkpoint_that_runs_code(tmp_path):
 
 def test_resume_without_a_run(tmp_path):
     result = CliRunner().invoke(main, ["train", "--resume", str(tmp_path)])
-    assert result.exit_code == 1 and "no checkpoints/last.pt" in result.output
+    assert result.exit_code == 1 and "no checkpoints/last.pt and no readable step" in result.output
 
 
 def test_train_needs_exactly_one_of_run_dir_and_resume(tmp_path):
@@ -270,6 +290,17 @@ def test_average_last_checkpoints(reference, tmp_path):
     from s2s.translate import Translator
 
     assert len(Translator.from_run(out).translate(["a b c", ""])) == 2
+
+
+@pytest.mark.parametrize("name", ["last.pt", "step-0000120.pt", "avg.pt"])
+def test_average_never_writes_into_a_runs_checkpoints(reference, name):
+    ckpts = reference / "checkpoints"
+    before = {p.name: p.read_bytes() for p in ckpts.iterdir()}
+    result = CliRunner().invoke(main, ["average", str(reference), "--last", "2", "-o",
+                                       str(ckpts / name)])
+    assert result.exit_code == 1
+    assert "inside a run's checkpoints/" in result.output and "Traceback" not in result.output
+    assert {p.name: p.read_bytes() for p in ckpts.iterdir()} == before  # nothing touched
 
 
 # -- schedules -----------------------------------------------------------------------------------

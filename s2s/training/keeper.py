@@ -24,6 +24,12 @@ class Keeper:
         self.writes = writes  # False on ranks > 0 of a distributed run: state only, no files
         self.saved_step = -1
 
+    def clean(self) -> None:
+        """Remove the temporary files of writes a killed run left behind (.NAME.*.tmp)."""
+        if self.writes and self.dir.is_dir():
+            for stale in self.dir.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+
     def save(self, *, final: bool = False) -> bool:
         """Save step-N.pt of the current step (once), point last.pt at it and drop checkpoints
         neither among the last `keep_last` nor the best `keep_best`. A failed write is a

@@ -2,6 +2,7 @@
 resumable in s2s.config), the differences that refuse a resume, and `resume` itself."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ from s2s.config import RESUMABLE
 from s2s.errors import CheckpointError, ConfigError
 from s2s.training.state import cell_info
 from s2s.training.trainer import Trainer
+
+log = logging.getLogger("s2s")
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -21,6 +24,23 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if key not in RESUMABLE and a.get(key) != b.get(key)]
 
 
+def _newest_step(run_dir: Path) -> Path:
+    """The newest step checkpoint that loads, for a run killed between writing a step file and
+    pointing last.pt at it (CheckpointError if there is none)."""
+    for _, path in sorted(checkpoint.step_files(run_dir / checkpoint.CHECKPOINT_DIR).items(),
+                          reverse=True):
+        try:
+            checkpoint.load(path)
+        except CheckpointError:
+            continue
+        log.warning("%s has no last.pt; resuming from its newest checkpoint, %s", run_dir,
+                    path.name)
+        return path
+    raise CheckpointError(f"--resume {run_dir}: no {checkpoint.CHECKPOINT_DIR}/last.pt and no "
+                          f"readable step checkpoint (is it a run directory written by `s2s "
+                          f"train`?)")
+
+
 def resume(run_dir: str | Path, config_file: str | Path | None = None,
            overrides: tuple[str, ...] | list[str] = (), *, console: bool = True
            ) -> dict[str, Any]:
@@ -29,8 +49,7 @@ def resume(run_dir: str | Path, config_file: str | Path | None = None,
     run_dir = Path(run_dir)
     last = run_dir / checkpoint.CHECKPOINT_DIR / "last.pt"
     if not last.exists():
-        raise CheckpointError(f"--resume {run_dir}: no {checkpoint.CHECKPOINT_DIR}/last.pt "
-                              f"(is it a run directory written by `s2s train`?)")
+        last = _newest_step(run_dir)
     payload = checkpoint.load(last)
     saved = payload.get("config")
     if not isinstance(saved, dict) or "scheduler" not in payload:

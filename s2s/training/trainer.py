@@ -64,6 +64,7 @@ class Trainer:
             raise ConfigError(f"--run-dir {self.run_dir} already holds a trained run "
                               f"({self.ckpt_dir}); continue it with `s2s train --resume "
                               f"{self.run_dir}` or choose a new --run-dir")
+        self.keeper.clean()
         cell_cls, entry = registry.load(cfg.model.cell)  # fail fast: before any data work
         registry.check_options(cell_cls, entry, dict(cfg.model.cell_options))
         self.device = distributed.join(self.world, devices.resolve(t.device, "train.device"))
