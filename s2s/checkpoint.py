@@ -82,10 +82,12 @@ def save(payload: dict[str, Any], path: str | Path) -> None:
     except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if not isinstance(exc, OSError):
+        # torch reports a failed write (a full disk) as RuntimeError from its zip writer
+        if not isinstance(exc, (OSError, RuntimeError)):
             raise
         kept = "the previous checkpoint is intact" if path.exists() else "nothing was written"
-        raise CheckpointError(f"writing checkpoint {path} failed ({exc.strerror or exc}); "
+        raise CheckpointError(f"writing checkpoint {path} failed "
+                              f"({getattr(exc, 'strerror', None) or exc}); "
                               f"{kept}. Free disk space or choose another --run-dir") from exc
 
 

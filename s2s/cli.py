@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from s2s import console, devices  # torch-free, as is options: the decoding defaults
+from s2s import console, devices, streams  # torch-free, as is options: the decoding defaults
 from s2s import options as search_options
 from s2s.errors import DataError, S2SError
 
@@ -119,42 +119,6 @@ def show_config(config_file: str | None, overrides: tuple[str, ...]) -> None:
     click.echo(config.describe(config.load(config_file, overrides)), nl=False)
 
 
-def _open_input(path: str):
-    """The input as bytes: stdin, a file, or a gzipped file (.gz, as training reads it)."""
-    try:
-        if path == "-":
-            return sys.stdin.buffer
-        if path.endswith(".gz"):
-            import gzip
-
-            return gzip.open(path, "rb")
-        return open(path, "rb")
-    except OSError as exc:
-        raise DataError(f"--input {path}: cannot open ({exc.strerror})") from exc
-
-
-def _not_the_same(input_path: str, output_path: str) -> None:
-    """A DataError before anything is opened when --output would overwrite --input."""
-    if "-" in (input_path, output_path) or not Path(output_path).exists():
-        return
-    try:
-        same = Path(input_path).samefile(output_path)
-    except OSError:
-        return  # an unreadable input gets its own error
-    if same:
-        raise DataError(f"--output {output_path} is the input file: writing it would destroy "
-                        f"the text before it is read; write to another file")
-
-
-def _open_output(path: str):
-    if path == "-":
-        return sys.stdout
-    try:
-        return open(path, "w", encoding="utf-8", newline="\n")
-    except OSError as exc:
-        raise DataError(f"--output {path}: cannot open ({exc.strerror})") from exc
-
-
 def _search_option(name: str, more_help: str = ""):
     """The `s2s translate` option --NAME of SearchOptions field NAME: its default, allowed
     values (choices or range) and help text are the field's (s2s.options)."""
@@ -204,7 +168,8 @@ _device_option = click.option("--device", default="auto", show_default=True,
 @_search_option("temperature")
 @_search_option("top_k")
 @_search_option("top_p")
-@click.option("--seed", type=int, default=None, help="Seed for --sample.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=None,
+              help="Seed for --sample.")
 @click.option("--output-scores", is_flag=True,
               help="JSON lines with translation, score and log_prob.")
 @click.option("--output-alignments", is_flag=True,
@@ -256,16 +221,22 @@ def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: 
                    max_tokens=max_tokens, max_src_len=max_src_len, precision=precision,
                    shortlist=shortlist, shortlist_frequent=shortlist_frequent)
     json_lines = output_scores or output_alignments or nbest > 1
-    _not_the_same(input_path, output_path)
-    source = _open_input(input_path)
+    streams.not_the_same(input_path, output_path)
+    source = streams.open_input(input_path)
     try:
-        sink = _open_output(output_path)
+        sink = streams.open_output(output_path)
         try:
-            translator.translate_stream(source, sink, window=max(1024, 16 * batch_size),
+            translator.translate_stream(source, streams.Sink(sink),
+                                        window=max(1024, 16 * batch_size),
                                         json_lines=json_lines, batch_size=batch_size, **options)
+        except streams.WriteFailed as failed:
+            streams.write_error(output_path, failed.__cause__)
         finally:
             if sink is not sys.stdout:
-                sink.close()
+                try:
+                    sink.close()
+                except OSError as exc:  # the last buffered lines could not be written
+                    streams.write_error(output_path, exc)
     except (OSError, EOFError) as exc:  # EOFError: a truncated .gz
         raise DataError(f"reading {input_path} failed ({getattr(exc, 'strerror', None) or exc})"
                         ) from exc
@@ -330,7 +301,7 @@ def score(models: tuple[str, ...], input_path: str, targets_path: str, output_pa
     translator = Translator.from_run(list(models), device=_device_for(device, precision))
     values = translator.score(sources, targets, batch_size=batch_size,
                               precision=precision)
-    sink = _open_output(output_path)
+    sink = streams.open_output(output_path)
     try:
         for value in values:
             sink.write(f"{value:.6f}\n")

@@ -28,6 +28,8 @@ def score(hypotheses: list[str], references: list[str],
     if len(hypotheses) != len(references):
         raise DataError(f"{len(hypotheses)} hypotheses but {len(references)} references: "
                         f"they must be line-aligned")
+    if not hypotheses:
+        raise DataError("no lines to score: the hypotheses and references are empty")
     out = {}
     for name in metrics:
         metric = _metric(name)

@@ -76,6 +76,25 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert float(checkpoint.load(path)["model"]["w"][0, 0]) == 1.0
 
 
+def test_torch_s_runtime_error_on_a_full_disk_is_a_checkpoint_error(tmp_path, monkeypatch):
+    """torch's zip writer reports a failed write as RuntimeError, not OSError."""
+    path = tmp_path / "last.pt"
+    checkpoint.save(payload(1.0), path)
+    before = path.read_bytes()
+
+    def failing(obj, f):
+        f.write(b"PK partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter "
+                           "failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(checkpoint.torch, "save", failing)
+    with pytest.raises(CheckpointError, match=r"writing checkpoint .*last.pt failed .*file "
+                                              r"write failed.*previous checkpoint is intact"):
+        checkpoint.save(payload(2.0), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
 def test_failed_first_write_says_nothing_was_written(tmp_path, monkeypatch):
     path = tmp_path / "best.pt"
     monkeypatch.setattr(checkpoint.torch, "save", _disk_full)

@@ -452,3 +452,41 @@ def test_translate_reads_gzipped_input_as_training_does(toy_run, tmp_path):
     packed.write_bytes(blob[:len(blob) // 2])  # truncated
     result = cli("translate", toy_run, "-i", packed, "-o", tmp_path / "out.txt")
     assert result.exit_code == 1 and f"reading {packed} failed" in result.output
+
+
+def test_seed_beyond_64_bits_is_a_usage_error(toy_run):
+    result = cli("translate", toy_run, "--sample", "--seed", str(2**70))
+    assert result.exit_code == 2 and "--seed" in result.output
+
+
+def test_evaluate_of_empty_files_is_a_clear_error(tmp_path):
+    (tmp_path / "h").write_text("")
+    (tmp_path / "r").write_text("")
+    result = cli("evaluate", tmp_path / "h", tmp_path / "r")
+    assert result.exit_code == 1 and "no lines to score" in result.output
+
+
+def _sh(command: str, toy_run, tmp_path) -> subprocess.CompletedProcess:
+    s2s = f"{sys.executable} -m s2s translate {toy_run} --precision fp32"
+    return subprocess.run(["sh", "-c", command.replace("S2S", s2s)], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("redirect, message", [
+    ("<&-", "error: standard input is closed: give the text with -i FILE"),
+    (">&-", "error: standard output is closed: write to a file with -o FILE"),
+])
+def test_closed_standard_streams_are_one_clear_error(toy_run, tmp_path, redirect, message):
+    proc = _sh(f"echo 'a b' | S2S {redirect}", toy_run, tmp_path)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == message
+
+
+def test_a_broken_pipe_ends_quietly_and_a_full_disk_says_writing(toy_run, tmp_path):
+    proc = _sh("yes 'a b c' | head -n 30000 | S2S 2>err.txt | head -n 1; "
+               "cat err.txt", toy_run, tmp_path)
+    assert proc.stdout.splitlines()[0] == "qu ry zo"
+    assert "Traceback" not in proc.stdout and "error" not in proc.stdout
+    if os.path.exists("/dev/full"):
+        proc = _sh("echo 'a b' | S2S -o /dev/full", toy_run, tmp_path)
+        assert proc.returncode == 1
+        assert "error: writing /dev/full failed (No space left on device)" in proc.stderr
