@@ -247,6 +247,11 @@ def load_split(cfg: DataConfig, split: str):
     if cfg.hub:
         return _hub(cfg, split)
     generator, kwargs = local_source(cfg, split)
+    if next(iter(generator(**kwargs)), None) is None:  # datasets cannot build an empty split
+        files = [v for k, v in kwargs.items() if k.endswith("path")]
+        raise DataError(f"split '{split}' is empty: {' and '.join(files)} hold no "
+                        f"{'pairs' if len(files) == 2 else 'examples'}; fill them or point "
+                        f"data.dir at the right folder")
     readers = min(MAX_READERS, os.cpu_count() or 1)
     if generator is _aligned_text:
         cut = shards([Path(kwargs["src_path"]), Path(kwargs["tgt_path"])], readers)

@@ -136,16 +136,24 @@ class Translator:
         """`lexicon_file`: a lexicon used instead of the checkpoint's, if it exists; `device`:
         where the model computes (s2s.devices: auto, cpu, cuda, cuda:N)."""
         target = devices.resolve(device)
+        for key, kind in (("config", dict), ("spm", dict), ("model", dict)):
+            if key not in payload:
+                raise CheckpointError(f"{where}: missing entry '{key}'; not a complete s2s "
+                                      f"checkpoint")
+            if not isinstance(payload[key], kind):
+                raise CheckpointError(f"{where}: entry '{key}' is a {type(payload[key]).__name__}"
+                                      f", not a mapping; the checkpoint is damaged or was not "
+                                      f"written by s2s")
+        cfg = config.from_dict(payload["config"], source=f"{where}: stored config")
         try:
-            cfg = config.from_dict(payload["config"], source=f"{where}: stored config")
             tokenizer = Tokenizer.from_bytes(payload["spm"])
-        except KeyError as exc:
-            raise CheckpointError(f"{where}: missing entry {exc}; not a complete s2s "
-                                  f"checkpoint") from exc
+        except (ValueError, KeyError, TypeError) as exc:  # e.g. the kept ids are not JSON
+            raise CheckpointError(f"{where}: the stored SentencePiece metadata is damaged "
+                                  f"({type(exc).__name__}: {exc})") from exc
         model = Seq2Seq(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
         try:
             model.load_state_dict(payload["model"])
-        except RuntimeError as exc:
+        except (RuntimeError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{where}: weights do not fit the stored model config: "
                                   f"{str(exc).splitlines()[0]}") from exc
         return cls(model.to(target), tokenizer, cfg, payload.get("lexicon"), where,

@@ -258,3 +258,24 @@ def test_resolve_ignores_a_directory_named_best_pt(tmp_path):
     (tmp_path / checkpoint.CHECKPOINT_DIR / "best.pt").mkdir(parents=True)
     with pytest.raises(CheckpointError):
         checkpoint.resolve(tmp_path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.update(config=[1, 2]), "entry 'config' is a list, not a mapping"),
+    (lambda p: p.update(model=torch.zeros(3)), "entry 'model' is a Tensor, not a mapping"),
+    (lambda p: p.update(spm="nope"), "entry 'spm' is a str, not a mapping"),
+    (lambda p: p.update(spm={**p["spm"], "kept": "{not json"}),
+     "the stored SentencePiece metadata is damaged"),
+    (lambda p: p.pop("spm"), "missing entry 'spm'"),
+])
+def test_damaged_checkpoint_entries_are_checkpoint_errors(toy_run, tmp_path, damage, message):
+    from s2s.translate import Translator
+
+    payload = dict(checkpoint.load(checkpoint.resolve(toy_run)))
+    if "kept" not in payload["spm"] and "kept" in message:
+        pytest.skip("this run's vocabulary is not pruned")
+    damage(payload)
+    path = tmp_path / "damaged.pt"
+    checkpoint.save(payload, path)
+    with pytest.raises(CheckpointError, match=message):
+        Translator.from_run(path, device="cpu")

@@ -293,3 +293,12 @@ def test_parallel_reading_keeps_the_errors(tmp_path, parallel):
     with pytest.raises(DataError) as info:
         data.load_split(cfg_for(tmp_path), "train")
     assert f"{tmp_path / 'train.de'}:901: invalid UTF-8" in str(info.value)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_an_empty_split_is_a_data_error(tmp_path, split):
+    write(tmp_path / f"{split}.en", [])
+    write(tmp_path / f"{split}.de", [])
+    with pytest.raises(DataError, match=rf"split '{split}' is empty: .*{split}.en and "
+                                        rf".*{split}.de hold no pairs"):
+        data.load_split(cfg_for(tmp_path), split)
