@@ -155,3 +155,16 @@ def test_in_range_betas_and_coverage_load():
     cfg = config.load(ROOT / "configs" / "toy.yaml", ["train.adam_beta2=0.98",
                                                       "data.character_coverage=0.9995"])
     assert cfg.train.adam_beta2 == 0.98 and cfg.data.character_coverage == 0.9995
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("train:\n  lr: 0.1\n  max_steps: 5\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml:4:3: invalid YAML: key 'lr' given twice"):
+        config.load(path)
+    path.write_text("train:\n  lr: 0.1\nmodel:\n  lr: 0.2\n")  # same name, other sections
+    with pytest.raises(ConfigError, match="model.lr"):  # (an unknown key there, not a twin)
+        config.load(path)
+    path.write_text("? [a, b]\n: 1\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        config.load(path)

@@ -37,6 +37,7 @@ class TanhCell(StepCell):
 
 BAD_MODULES = {
     "raises": "raise RuntimeError('boom: plugin is broken')\n",
+    "exits": "import sys\nsys.exit(3)\n",
     "function": "def TanhCell(input_size, hidden_size):\n    return None\n",
     "kwargs": GOOD_CELL.replace("*, scale=1.0", "**kwargs").replace(
         "self.scale = input_size, hidden_size, scale", "self.scale = input_size, hidden_size, 1.0"),
@@ -113,6 +114,15 @@ def test_module_raising_on_import(install):
     # a broken plugin does not break runs using other cells
     assert registry.load("lstm")[0] is LSTMCell
     assert registry.build("tanh", 2, 3, {}).hidden_size == 3
+
+
+def test_module_calling_sys_exit_on_import_is_a_plugin_error(install):
+    """sys.exit() in a plugin's import is a broken plugin, not a silent exit of s2s."""
+    install("fakecells", "1.2", {"quits": (BAD_MODULES["exits"], "TanhCell")})
+    with pytest.raises(PluginError, match=r"'quits'.*failed to load: SystemExit: 3"):
+        registry.load("quits")
+    rows = {entry.name: state for entry, state in registry.status()}
+    assert rows["quits"] == "broken: SystemExit: 3" and rows["lstm"] == "ok"
 
 
 def test_entry_point_naming_a_missing_attribute(install):

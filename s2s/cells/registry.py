@@ -107,7 +107,7 @@ def load(name: str) -> tuple[type[nn.Module], CellEntry]:
     entry = find(name)
     try:
         obj = metadata.EntryPoint(name=entry.name, value=entry.value, group=GROUP).load()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() at import, too
         raise PluginError(f"{entry.origin} failed to load: {type(exc).__name__}: {exc}. "
                           f"Fix or reinstall {entry.dist}, or choose another model.cell") from exc
     return check_class(obj, entry.origin), entry
@@ -133,7 +133,7 @@ def build(name: str, input_size: int, hidden_size: int, options: dict[str, Any])
     check_options(cls, entry, options)
     try:
         return cls(input_size, hidden_size, **options)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise PluginError(f"{entry.origin}: construction with options {options} failed: "
                           f"{type(exc).__name__}: {exc}") from exc
 
