@@ -126,6 +126,17 @@ def greedy(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions = Search
     return [[h] for h in penalised]
 
 
+def _trace(attn: list[Tensor], parents: list[Tensor], row: int) -> list[list[float]]:
+    """The attention rows of the beam hypothesis in `row` of the newest step, traced back
+    through each step's parent rows."""
+    rows = []
+    for step in range(len(attn) - 1, -1, -1):
+        rows.append(attn[step][row])
+        if step:
+            row = int(parents[step - 1][row])
+    return torch.stack(rows[::-1]).tolist()
+
+
 def _gather_attention(attn, attn_rows, sentence: int, length: int) -> list[list[float]] | None:
     """The attention rows of one greedy hypothesis over its `length` steps."""
     if attn is None:
@@ -191,7 +202,11 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions,
     history = tokens.new_empty(batch * k, 0)  # [B*K, t]
     track = opts.attention or bool(opts.coverage_penalty)
     coverage = torch.zeros(batch * k, src.shape[1], device=device) if track else None
-    attn = torch.zeros(batch * k, 0, src.shape[1], device=device) if opts.attention else None
+    # attention, when asked for: each step's weights and, for each row of the next step, the
+    # row it came from; a finished hypothesis traces its rows back (linear in the length, not
+    # a [B*K, t, S] tensor copied at every step)
+    attn: list[Tensor] | None = [] if opts.attention else None
+    parents: list[Tensor] = []
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     worst_kept = torch.full((batch,), float("-inf"), device=device)  # n-th best finished score
     active = torch.arange(batch, device=device)
@@ -204,7 +219,7 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions,
         if track:
             coverage = coverage + weights.float()
         if attn is not None:
-            attn = torch.cat([attn, weights.float().unsqueeze(1)], dim=1)
+            attn.append(weights.float())
         cand = (scores.view(-1, 1) + log_probs).view(n, k * width)  # [B, K*V]
         top_s, top_i = cand.topk(min(2 * k, k * width), dim=1)  # [B, 2K]
         from_beam, token = top_i // width, top_i % width  # token: a column of log_probs
@@ -223,7 +238,7 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions,
                 sentence = int(active[eos_rows[e]])
                 row = int(source[e])
                 hyp = Hypothesis(history[row].tolist(), float(final[e]), float(raw[e]),
-                                 attn[row].tolist() if attn is not None else None)
+                                 _trace(attn, parents, row) if attn is not None else None)
                 kept = sorted([*finished[sentence], hyp], key=lambda h: -h.score)[:nbest]
                 finished[sentence] = kept
                 if len(kept) == nbest:
@@ -238,8 +253,7 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions,
         state, scores = model.reorder(state, rows), live_s
         if coverage is not None:
             coverage = coverage.index_select(0, rows)
-        if attn is not None:
-            attn = attn.index_select(0, rows)
+        parent = rows
         # the best score a live hypothesis can still reach: its log-prob (only falls) over the
         # largest length penalty (at the limit); coverage penalties are <= 0
         reachable = torch.where(live_s[:, 0] < 0, live_s[:, 0] / lp_limit[active],
@@ -256,8 +270,9 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, opts: SearchOptions,
             src_mask = src_mask[keep_rows]
             if coverage is not None:
                 coverage = coverage[keep_rows]
-            if attn is not None:
-                attn = attn[keep_rows]
+            parent = rows[keep_rows]
+        if attn is not None:
+            parents.append(parent)
     return [hyps or [Hypothesis([], float("-inf"), float("-inf"))] for hyps in finished]
 
 

@@ -250,6 +250,27 @@ def test_attention_rows_are_distributions_and_batch_independent(beam):
         torch.testing.assert_close(attention, torch.tensor(alone.attention), rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("beam", [2, 5])
+def test_beam_alignments_are_the_attention_of_each_hypothesis_s_own_tokens(beam):
+    """Traced back through the parent rows, a hypothesis's alignment is exactly the attention
+    the model gives when it reads that hypothesis (BOS y1 .. yn) by teacher forcing."""
+    model = tiny_model(1)
+    srcs = sources(1, 6)
+    hyps = search.search(model, *padded(srcs), search.SearchOptions(beam=beam, nbest=2,
+                                                                  attention=True))
+    with torch.no_grad():
+        for src, found in zip(srcs, hyps):
+            for hyp in found:
+                enc, state = model.encode(*padded([src]))
+                rows = []
+                for token in [BOS, *hyp.tokens]:
+                    _, state, weights = model.step(torch.tensor([token]), enc, state)
+                    rows.append(weights[0])
+                torch.testing.assert_close(torch.tensor(hyp.attention)[:, :len(src)],
+                                           torch.stack(rows)[:, :len(src)].float(), rtol=0,
+                                           atol=1e-5)
+
+
 # -- sampling, forced scoring, ensembles ---------------------------------------------------------
 
 
