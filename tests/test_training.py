@@ -413,8 +413,8 @@ def test_failed_periodic_save_warns_and_training_goes_on(toy_data, tmp_path, mon
     calls = {"n": 0}
 
     def full_disk_once(payload, path):
-        calls["n"] += 1
-        if calls["n"] == 1:
+        calls["n"] += "step" in payload  # training checkpoints (not the data cache's files)
+        if calls["n"] == 1 and "step" in payload:
             raise CheckpointError(f"writing checkpoint {path} failed (No space left on device); "
                                   f"nothing was written")
         return real_save(payload, path)
@@ -428,3 +428,27 @@ def test_failed_periodic_save_warns_and_training_goes_on(toy_data, tmp_path, mon
     assert "warning: writing checkpoint" in err and "No space left" in err
     assert "retries at the next checkpoint" in err
     assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 40
+
+
+def test_a_full_disk_at_a_validation_step_warns_once(toy_data, tmp_path, monkeypatch, capsys):
+    """A step that validates and checkpoints tries the disk up to three times (best-K entry,
+    best.pt, the periodic save); a full disk is one warning, and the next checkpoint retries."""
+    from s2s.errors import CheckpointError
+
+    real_save = checkpoint.save
+    failing = {"step": 10}
+
+    def full_disk_at_step_10(payload, path):
+        if payload.get("step") == failing["step"]:
+            raise CheckpointError(f"writing checkpoint {path} failed (No space left on device); "
+                                  f"nothing was written")
+        return real_save(payload, path)
+
+    monkeypatch.setattr(checkpoint, "save", full_disk_at_step_10)
+    cfg = config.load(TOY, _overrides(toy_data, "train.max_steps=20", "train.valid_bleu=false",
+                                      "train.metric=loss", "train.validate_every=10",
+                                      "train.checkpoint_every=10"))
+    result = train(cfg, tmp_path / "run", console=True)
+    err = capsys.readouterr().err
+    assert result["step"] == 20 and err.count("No space left on device") == 1, err
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 20

@@ -22,7 +22,7 @@ class Keeper:
         self.dir, self.cfg, self.state = ckpt_dir, cfg, state
         self.payload, self.say = payload, say  # the checkpoint of the current step
         self.writes = writes  # False on ranks > 0 of a distributed run: state only, no files
-        self.saved_step = -1
+        self.saved_step = self.failed_step = -1
 
     def clean(self) -> None:
         """Remove the temporary files of writes a killed run left behind (.NAME.*.tmp)."""
@@ -37,6 +37,8 @@ class Keeper:
         step = self.state.step
         if self.saved_step == step:
             return True
+        if self.failed_step == step and not final:
+            return False  # failed at this step already (and said so): retry at the next one
         if not self.writes:
             self.saved_step = step
             return True
@@ -48,6 +50,7 @@ class Keeper:
                 raise
             self.say(f"{exc}; training goes on and retries at the next checkpoint",
                      logging.WARNING)
+            self.failed_step = step
             return False
         self.saved_step = step
         keep = set(sorted(checkpoint.step_files(self.dir))[-self.cfg.keep_last:])
