@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -118,6 +120,36 @@ def test_bad_requests_get_a_json_error_and_the_server_goes_on(server, raw, statu
     code, body = call(url, "POST", "/translate", raw=raw)
     assert code == status and message in body["error"], body
     assert call(url, "POST", "/translate", {"text": ["a b"]})[0] == 200
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+              st.text(max_size=20)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.sampled_from(["text", "beam", "nbest", "scores",
+                                                             "alignments", "top_p", "x"]),
+                                            inner, max_size=4)), max_leaves=8)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(json_values.map(lambda v: json.dumps(v).encode()), st.binary(max_size=60)))
+def test_any_body_is_answered_and_the_server_goes_on(server, raw):
+    url, _ = server
+    code, body = call(url, "POST", "/translate", raw=raw)
+    assert code in (200, 400, 413, 422) and (code == 200) == ("error" not in body)
+    if code == 200:
+        assert len(body["translations"]) == len(json.loads(raw)["text"])
+
+
+def test_a_slow_client_does_not_hold_up_the_others(server):
+    url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as slow:
+        slow.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: 100\r\n\r\n{\"text\": [")  # and then nothing
+        status, body = call(url, "POST", "/translate", {"text": ["a b c"]})
+        assert status == 200 and len(body["translations"]) == 1
 
 
 def test_concurrent_lines_share_searches_and_sigterm_exits_cleanly(server):
