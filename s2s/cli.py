@@ -71,6 +71,19 @@ def train(config_file: str | None, run_dir: str | None, resume_dir: str | None,
     click.echo(f"done: {shown}; checkpoints in {where}", err=True)
 
 
+@main.command("export")
+@click.argument("run", type=click.Path(exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Folder for encoder.onnx, step.onnx, the SentencePiece model, manifest.json.")
+def export_cmd(run: str, output: str) -> None:
+    """Export RUN (a run directory or checkpoint) to ONNX for onnxruntime; `s2s translate DIR`
+    and `s2s serve DIR` run the exported folder."""
+    from s2s import export
+
+    manifest = export.export(run, output)
+    click.echo(f"exported {run} ({manifest['cell']} cells) to {output}", err=True)
+
+
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--last", type=click.IntRange(min=1), default=5, show_default=True,

@@ -167,6 +167,10 @@ class Translator:
         any device)."""
         devices.resolve(device)  # a wrong device fails before any checkpoint is read
         paths = [path] if isinstance(path, (str, Path)) else list(path)
+        from s2s import export
+
+        if len(paths) == 1 and export.is_export(paths[0]):  # `s2s export`: onnxruntime
+            return cls.from_export(paths[0])
         members = []
         for item in paths:
             file = checkpoint.resolve(item)
@@ -186,6 +190,18 @@ class Translator:
                                       f"vocabularies")
         return cls(search.Ensemble([m.model for _, _, m in members]), first.tokenizer, first.cfg,
                    first._lexicon, first.where, first._lexicon_file)
+
+    @classmethod
+    def from_export(cls, directory: str | Path) -> Translator:
+        """A folder written by `s2s export`: its ONNX graphs run by onnxruntime (CPU)."""
+        import json
+
+        from s2s import export
+
+        model = export.OnnxModel(directory)
+        cfg = config.from_dict(json.loads((Path(directory) / export.MANIFEST).read_text(
+            encoding="utf-8"))["config"], source=f"{directory}: manifest")
+        return cls(model, Tokenizer.load(directory), cfg, None, str(directory))
 
     def search(self, lines: list[str], *, batch_size: int = 64, max_tokens: int = 0,
                max_src_len: int | None = None, first_line: int = 1, precision: str = "auto",
@@ -248,6 +264,13 @@ class Translator:
 
     def resolve_precision(self, precision: str = "auto") -> str:
         """`precision` (auto, fp32, bf16, int8) as it runs on this model's device."""
+        from s2s.export import OnnxModel
+
+        if isinstance(self.model, OnnxModel):  # onnxruntime runs the exported graphs in fp32
+            if precision not in ("auto", "fp32"):
+                raise ConfigError(f"--precision {precision}: an exported model ({self.where}) "
+                                  f"runs in fp32 under onnxruntime; use auto or fp32")
+            return "fp32"
         if precision == "int8" and self.device.type != "cpu":
             raise ConfigError(f"--precision int8 runs on CPU only; the model is on "
                               f"{self.device}")

@@ -153,6 +153,8 @@ class FusedLSTMCell(LSTMCell):
         return [p.to(dtype) for p in params]
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        if torch.onnx.is_in_onnx_export():  # `s2s export`: lstm's traceable ops, same math
+            return LSTMCell.step(self, x, state)
         return self._gates_step(x, state)  # always, also where `lstm` uses torch.lstm_cell
 
     def _pointwise(self, gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
@@ -162,7 +164,8 @@ class FusedLSTMCell(LSTMCell):
 
     def forward(self, x: Tensor, lengths: Tensor, state: State | None = None
                 ) -> tuple[Tensor, State]:
-        if x.device.type != "cpu":  # GPUs: `lstm`'s packed torch.lstm, i.e. cuDNN's fused RNN
+        if x.device.type != "cpu" or torch.onnx.is_in_onnx_export():  # GPUs: `lstm`'s packed
+            # torch.lstm, i.e. cuDNN's fused RNN; the ONNX export: ONNX's LSTM op
             return LSTMCell.forward(self, x, lengths, state)
         batch, time = x.shape[0], x.shape[1]
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype

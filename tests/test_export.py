@@ -1,0 +1,73 @@
+"""`s2s export`: the encoder and one decoder step as ONNX graphs; `s2s translate DIR` runs them
+with onnxruntime through s2s's own search and gives the PyTorch model's lines, for every
+built-in cell."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from s2s import config  # noqa: E402
+from s2s.errors import ConfigError  # noqa: E402
+from s2s.translate import Translator  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LINES = ["a b c", "", "d e f g h", "l k j i h g f e d c b a", "a"]
+
+
+@pytest.fixture(scope="module", params=["lstm", "gru", "fused-lstm"])
+def exported(request, toy_run, toy_data, tmp_path_factory):
+    from s2s.export import export
+    from s2s.training import train
+
+    run = toy_run
+    if request.param != "lstm":  # a short run of each other built-in cell
+        run = tmp_path_factory.mktemp(f"run_{request.param}")
+        train(config.load(ROOT / "configs" / "toy.yaml", [
+            f"data.dir={toy_data}", f"model.cell={request.param}", "train.max_steps=150",
+            "train.validate_every=150", "train.checkpoint_every=150"]), run, console=False)
+    out = tmp_path_factory.mktemp(f"exported_{request.param}")
+    manifest = export(run, out)
+    return run, out, manifest
+
+
+@pytest.mark.parametrize("options", [dict(beam=1), dict(beam=5),
+                                     dict(beam=4, nbest=3, length_penalty="gnmt"),
+                                     dict(beam=3, shortlist=3, shortlist_frequent=4)])
+def test_the_exported_model_gives_pytorch_s_lines(exported, options):
+    run, out, _ = exported
+    torch_model, onnx_model = Translator.from_run(run, device="cpu"), Translator.from_run(out)
+    if options.get("shortlist"):
+        onnx_model._lexicon = torch_model.lexicon()  # the export carries no lexicon yet
+    a = torch_model.search(LINES, precision="fp32", **options)
+    b = onnx_model.search(LINES, **options)
+    assert [[h["translation"] for h in items] for items in a] == \
+        [[h["translation"] for h in items] for items in b]
+    for items_a, items_b in zip(a, b):
+        for x, y in zip(items_a, items_b):
+            assert x["score"] == pytest.approx(y["score"], abs=1e-4)
+
+
+def test_the_export_folder_and_its_manifest(exported):
+    run, out, manifest = exported
+    assert {p.name for p in out.iterdir()} >= {"encoder.onnx", "step.onnx", "manifest.json",
+                                               "spm.model"}
+    saved = json.loads((out / "manifest.json").read_text())
+    assert saved["cell"] == manifest["cell"] and saved["per_layer"] in (1, 2)
+    assert saved["src_vocab_size"] > 4 and "torch" in saved["versions"]
+
+
+def test_translate_cli_runs_an_export_and_refuses_other_precisions(exported):
+    run, out, _ = exported
+    proc = subprocess.run([sys.executable, "-m", "s2s", "translate", str(out), "--beam", "5"],
+                          input="\n".join(LINES).encode() + b"\n", capture_output=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().splitlines() == Translator.from_run(run, device="cpu").translate(
+        LINES, beam=5, precision="fp32")
+    with pytest.raises(ConfigError, match="runs in fp32 under onnxruntime"):
+        Translator.from_run(out).translate(["a b"], precision="int8")
