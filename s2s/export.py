@@ -119,7 +119,38 @@ def export(run: str | Path, out_dir: str | Path) -> dict[str, Any]:
                 "tgt_vocab_size": translator.tokenizer.tgt_vocab_size, "versions": versions(),
                 "source": str(run)}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    _verify(model, out, top, cfg.model.cell)
     return manifest
+
+
+def _verify(model, out: Path, top: int, cell: str) -> None:
+    """Run the exported graphs at another batch size and source length than the trace's and
+    compare them with PyTorch: a cell whose forward is a Python loop over time (StepCell's)
+    traces to a fixed number of steps, which this catches (a PluginError naming the cell)."""
+    gen = torch.Generator().manual_seed(0)
+    src = torch.randint(4, max(5, top + 1), (3, 7), generator=gen)
+    lengths = torch.tensor([7, 5, 2])
+    src[1, 5:], src[2, 2:] = 0, 0
+    try:
+        onnx = OnnxModel(out)
+        with torch.no_grad():
+            enc, state = model.encode(src, lengths)
+            got_enc, got_state = onnx.encode(src, lengths)
+            tokens = torch.full((3,), 2, dtype=torch.long)
+            log_probs, _, _ = model.step(tokens, enc, state)
+            got, _, _ = onnx.step(tokens, got_enc, got_state)
+        same = got_enc.memory.shape == enc.memory.shape and \
+            torch.allclose(got_enc.memory, enc.memory.float(), atol=1e-4) and \
+            torch.allclose(got, log_probs.float(), atol=1e-3)
+        why = "its outputs differ from PyTorch's at another batch size and length"
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors on a fixed-shape graph
+        same, why = False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if not same:
+        for name in ("encoder.onnx", "step.onnx", MANIFEST):  # no half-usable folder
+            (out / name).unlink(missing_ok=True)
+        raise PluginError(f"cell '{cell}' does not export to ONNX with dynamic lengths ({why}); "
+                          f"a cell whose forward loops over time in Python traces to a fixed "
+                          f"number of steps: give it a forward built from torch's RNN ops")
 
 
 def is_export(path: str | Path) -> bool:

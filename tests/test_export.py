@@ -71,3 +71,22 @@ def test_translate_cli_runs_an_export_and_refuses_other_precisions(exported):
         LINES, beam=5, precision="fp32")
     with pytest.raises(ConfigError, match="runs in fp32 under onnxruntime"):
         Translator.from_run(out).translate(["a b"], precision="int8")
+
+
+def test_a_cell_that_traces_to_fixed_lengths_is_refused_by_name(toy_data, tmp_path):
+    """The example plugin cell (a StepCell: its forward is a Python loop over time) traces to a
+    fixed number of steps; the export checks the graphs at other shapes and names the cell."""
+    pytest.importorskip("s2s_lnlstm")
+    from s2s.errors import PluginError
+    from s2s.export import export
+    from s2s.training import train
+
+    run = tmp_path / "run"
+    train(config.load(ROOT / "configs" / "toy.yaml", [
+        f"data.dir={toy_data}", "model.cell=lnlstm", "train.max_steps=20",
+        "train.validate_every=20", "train.checkpoint_every=20", "train.valid_bleu=false",
+        "train.metric=loss"]), run, console=False)
+    with pytest.raises(PluginError, match="cell 'lnlstm' does not export to ONNX with dynamic "
+                                          "lengths"):
+        export(run, tmp_path / "out")
+    assert not (tmp_path / "out" / "encoder.onnx").exists()
