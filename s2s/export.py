@@ -31,6 +31,16 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 
 
+def _flat(layers) -> list[Tensor]:
+    """A decoder state's layers as one list of tensors (the graphs' inputs and outputs)."""
+    return [t for layer in layers for t in layer]
+
+
+def _layers(flat, per_layer: int) -> tuple:
+    """The inverse of _flat: `per_layer` tensors per decoder layer."""
+    return tuple(tuple(flat[i:i + per_layer]) for i in range(0, len(flat), per_layer))
+
+
 class _Encoder(nn.Module):
     def __init__(self, model) -> None:
         super().__init__()
@@ -38,8 +48,7 @@ class _Encoder(nn.Module):
 
     def forward(self, src: Tensor, lengths: Tensor):
         enc, state = self.model.encode(src, lengths)
-        return (enc.memory, enc.keys, enc.mask, state.feed,
-                *[t for layer in state.layers for t in layer])
+        return (enc.memory, enc.keys, enc.mask, state.feed, *_flat(state.layers))
 
 
 class _Step(nn.Module):
@@ -51,11 +60,10 @@ class _Step(nn.Module):
                 *flat: Tensor):
         from s2s.model.seq2seq import DecoderState, EncoderOut
 
-        k = self.per_layer
-        layers = tuple(tuple(flat[i:i + k]) for i in range(0, len(flat), k))
         log_probs, state, weights = self.model.step(tokens, EncoderOut(memory, keys, mask),
-                                                    DecoderState(layers, feed))
-        return (log_probs, state.feed, *[t for layer in state.layers for t in layer], weights)
+                                                    DecoderState(_layers(flat, self.per_layer),
+                                                                 feed))
+        return (log_probs, state.feed, *_flat(state.layers), weights)
 
 
 def export(run: str | Path, out_dir: str | Path) -> dict[str, Any]:
@@ -75,7 +83,7 @@ def export(run: str | Path, out_dir: str | Path) -> dict[str, Any]:
     with torch.no_grad():
         enc, state = model.encode(src, lengths)
     per_layer, n_layers = len(state.layers[0]), len(state.layers)
-    flat = [t for layer in state.layers for t in layer]
+    flat = _flat(state.layers)
     states = [f"state{i}" for i in range(len(flat))]
     batch = {0: "batch"}
     seq = {0: "batch", 1: "source"}
@@ -186,14 +194,12 @@ class OnnxModel(nn.Module):
         out = self.encoder.run(None, {"src": src.cpu().numpy(),
                                       "lengths": src_lengths.cpu().numpy()})
         memory, keys, mask, feed, *flat = (torch.from_numpy(o) for o in out)
-        k = self.per_layer
-        layers = tuple(tuple(flat[i:i + k]) for i in range(0, len(flat), k))
-        return EncoderOut(memory, keys, mask), DecoderState(layers, feed)
+        return EncoderOut(memory, keys, mask), DecoderState(_layers(flat, self.per_layer), feed)
 
     def step(self, tokens: Tensor, enc, state, vocab: Tensor | None = None):
         from s2s.model.seq2seq import DecoderState
 
-        flat = [t for layer in state.layers for t in layer]
+        flat = _flat(state.layers)
         feeds = {"tokens": tokens.numpy(), "memory": enc.memory.numpy(),
                  "keys": enc.keys.numpy(), "mask": enc.mask.numpy(), "feed": state.feed.numpy(),
                  **{f"state{i}": t.numpy() for i, t in enumerate(flat)}}
@@ -202,9 +208,7 @@ class OnnxModel(nn.Module):
         if vocab is not None:  # normalised over the shortlist: as the logits over its ids
             log_probs = log_probs.index_select(1, vocab)
             log_probs = log_probs - torch.logsumexp(log_probs, dim=1, keepdim=True)
-        k = self.per_layer
-        layers = tuple(tuple(flat[i:i + k]) for i in range(0, len(flat), k))
-        return log_probs, DecoderState(layers, feed), weights
+        return log_probs, DecoderState(_layers(flat, self.per_layer), feed), weights
 
     @staticmethod
     def reorder(obj, index: Tensor):

@@ -91,6 +91,12 @@ def data_cache() -> Path:
     return Path(found) if found else cache_dir("data")
 
 
+def _cache_key(*parts: Any) -> str:
+    """The name of a data-cache entry made from `parts` (JSON values) and CACHE_VERSION."""
+    return hashlib.sha256(json.dumps([CACHE_VERSION, *parts], sort_keys=True).encode()
+                          ).hexdigest()[:24]
+
+
 def _tokenizer(cfg: config.DataConfig, train_raw, run_dir: Path, say: Callable[[str], None]
                ) -> Tokenizer:
     """The run's tokenizer: its own (a resumed run), else the one an earlier run trained on
@@ -101,10 +107,8 @@ def _tokenizer(cfg: config.DataConfig, train_raw, run_dir: Path, say: Callable[[
     import sentencepiece
 
     settings = {k: getattr(cfg, k) for k in _SPM_KEYS}
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, train_raw._fingerprint, settings,
-                                     sentencepiece.__version__], sort_keys=True).encode()
-                         ).hexdigest()[:24]
-    cached = data_cache() / "spm" / key
+    cached = data_cache() / "spm" / _cache_key(train_raw._fingerprint, settings,
+                                               sentencepiece.__version__)
     if cached.exists():
         try:
             Tokenizer.load(cached)  # a damaged entry is retrained, not used
@@ -160,9 +164,8 @@ def build_lexicon(tokenizer: Tokenizer, train: Corpus, seed: int,
     data_cache() for later runs on the same encoded data."""
     how = [shortlist.SAMPLE_ROWS, shortlist.SAMPLE_BLOCK, shortlist.ITERATIONS,
            shortlist.LEXICON_K, shortlist.MAX_ENTRIES]  # how it is built
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, train.data._fingerprint, seed, how,
-                                     tokenizer.src_vocab_size, tokenizer.tgt_vocab_size]
-                                    ).encode()).hexdigest()[:24]
+    key = _cache_key(train.data._fingerprint, seed, how, tokenizer.src_vocab_size,
+                     tokenizer.tgt_vocab_size)
     cached = data_cache() / "lexicon" / f"{key}.pt"
     try:
         found = shortlist.load(cached, tokenizer.tgt_vocab_size)
