@@ -21,6 +21,7 @@ from s2s.errors import CheckpointError
 
 FORMAT = 1
 CHECKPOINT_DIR = "checkpoints"
+SERVING = "serving.json"  # what `s2s translate RUN` uses (s2s.training.finish)
 
 
 STEP_FILE = re.compile(r"step-(\d+)\.pt")
@@ -123,10 +124,39 @@ def run_dir_of(file: str | Path) -> Path:
     return parent.parent if parent.name == CHECKPOINT_DIR else parent
 
 
+def serving(run_dir: str | Path) -> dict[str, Any] | None:
+    """RUN/serving.json (written by the recipe's after-training steps, s2s.training.finish):
+    {"checkpoint": a path inside the run, "search": default search options}; None without
+    one."""
+    file = Path(run_dir) / SERVING
+    if not file.is_file():
+        return None
+    import json
+
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+        name, search = record["checkpoint"], record.get("search", {})
+        if not isinstance(name, str) or not isinstance(search, dict):
+            raise TypeError("checkpoint must be a string and search a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{file} is damaged ({type(exc).__name__}: {exc}); delete it to "
+                              f"translate with the run's best.pt, or pass a checkpoint file"
+                              ) from exc
+    target = (Path(run_dir) / name).resolve()
+    if Path(run_dir).resolve() not in target.parents or not target.is_file():
+        raise CheckpointError(f"{file} names {name!r}, which is not a checkpoint file inside "
+                              f"the run; delete {file.name} or pass a checkpoint file")
+    return {"checkpoint": target, "search": search}
+
+
 def resolve(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory -> its best (else last) checkpoint."""
+    """A checkpoint file, or a run directory -> the checkpoint its serving.json names, else
+    its best (else last) checkpoint."""
     path = Path(path)
     if path.is_dir():
+        record = serving(path)
+        if record is not None:
+            return record["checkpoint"]
         for name in ("best.pt", "last.pt"):
             if (path / CHECKPOINT_DIR / name).is_file():
                 return path / CHECKPOINT_DIR / name

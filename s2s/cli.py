@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from s2s import console, devices, streams  # torch-free, as is options: the decoding defaults
 from s2s import options as search_options
@@ -233,6 +234,7 @@ def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: 
                    top_p=top_p, seed=seed, attention=output_alignments,
                    max_tokens=max_tokens, max_src_len=max_src_len, precision=precision,
                    shortlist=shortlist, shortlist_frequent=shortlist_frequent)
+    _use_run_defaults(options, translator.search_defaults)
     json_lines = output_scores or output_alignments or nbest > 1
     streams.not_the_same(input_path, output_path)
     source = streams.open_input(input_path)
@@ -256,6 +258,15 @@ def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: 
     finally:
         if source is not sys.stdin.buffer:
             source.close()
+
+
+def _use_run_defaults(options: dict, run_defaults: dict) -> None:
+    """Drop the options left at their defaults on the command line that the run's
+    serving.json sets (its tuned length penalty), so that the run's values apply."""
+    ctx = click.get_current_context()
+    for name in run_defaults:
+        if name in options and ctx.get_parameter_source(name) is ParameterSource.DEFAULT:
+            del options[name]
 
 
 @main.command()

@@ -7,7 +7,6 @@ Values in `--set` are parsed as YAML scalars: `--set train.max_time=900 --set mo
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from s2s import devices
+from s2s.configparse import describe_type, parse_override, strict_loader, type_ok
 from s2s.errors import ConfigError
 
 # the range rules a numeric field may carry (metadata "rule"), checked by `_build`
@@ -73,6 +73,23 @@ class ModelConfig:
                         "unit_interval")
     input_feeding: bool = _f(True, "feed the previous attentional state to the decoder")
     tie_embeddings: bool = _f(False, "the output layer shares the target embedding matrix")
+    share_embeddings: bool = _f(False, "encoder and decoder share one embedding matrix (needs "
+                                       "data.joint_vocab, data.prune_vocab false); with "
+                                       "tie_embeddings: three-way tying")
+    residual: bool = _f(False, "stacked layers after the first add their input to their "
+                               "output (encoder and decoder)")
+    locked_dropout: bool = _f(False, "variational dropout: one mask per sequence, the same at "
+                                     "every time step, for embeddings, between layers and on "
+                                     "outputs")
+    recurrent_dropout: float = _f(0.0, "variational dropout on the recurrent state h fed back "
+                                       "into each cell (one mask per sequence); the encoder "
+                                       "then steps its cells one time step at a time",
+                                  "unit_interval")
+    word_dropout: float = _f(0.0, "drops whole source and target words in training (their "
+                                  "embedding is zeroed, the rest scaled)", "unit_interval")
+    decoder_init: Literal["last", "mean", "zero", "bridge"] = _f(
+        "last", "the decoder's initial state: the encoder's last states, the mean of its "
+                "outputs, zeros, or tanh(a learned layer of the last states)")
     init_range: float = _f(0.1, "uniform(-r, r) initialisation; 0 keeps the modules' defaults",
                            "non_negative")
 
@@ -111,9 +128,10 @@ class TrainConfig:
         resumable=True)
     accum_steps: int = _f(1, "batches whose gradients are summed into one optimizer step",
                           "positive")
-    schedule: Literal["constant", "plateau", "inverse_sqrt", "linear"] = _f(
-        "constant", "learning-rate schedule")
-    warmup_steps: int = _f(0, "linear warm-up steps (constant, inverse_sqrt, linear)",
+    schedule: Literal["constant", "plateau", "inverse_sqrt", "linear", "cosine"] = _f(
+        "constant", "learning-rate schedule; linear and cosine decay to min_lr over the budget "
+                    "(max_steps or max_time, whichever runs out first)")
+    warmup_steps: int = _f(0, "linear warm-up steps (constant, inverse_sqrt, linear, cosine)",
                            "non_negative")
     decay_factor: float = _f(0.5, "plateau: lr *= decay_factor after decay_patience bad "
                                   "validations", "unit_interval")
@@ -134,6 +152,12 @@ class TrainConfig:
                         resumable=True)
     keep_best: int = _f(1, "best checkpoints kept by `metric` (best.pt: the best)",
                         "positive", resumable=True)
+    average_last: int = _f(0, "after training: average the newest N periodic checkpoints "
+                              "into RUN/averaged.pt (0: none)", "non_negative")
+    tune_length_penalty: bool = _f(False, "after training: pick the checkpoint (best or "
+                                          "averaged) and gnmt alpha by beam BLEU on the "
+                                          "validation set; translate RUN uses them")
+    tune_beam: int = _f(5, "the beam of tune_length_penalty", "positive")
     max_nonfinite: int = _f(10, "non-finite losses in a row that stop the run (each is "
                                 "skipped)", "positive", resumable=True)
     seed: int = _f(1234, "seed of initialisation, batching and dropout")
@@ -164,41 +188,6 @@ def fields_of(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, datac
 RESUMABLE = frozenset(key for key, f in fields_of() if f.metadata.get("resumable"))
 
 
-def _type_ok(value: Any, hint: Any) -> tuple[bool, Any]:
-    """Check `value` against a type hint; returns (ok, value coerced: int -> float only)."""
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return value in typing.get_args(hint), value
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(hint):
-            ok, coerced = _type_ok(value, arm)
-            if ok:
-                return True, coerced
-        return False, value
-    if hint is type(None):
-        return value is None, value
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
-        return False, value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if hint is dict or origin is dict:
-        return isinstance(value, dict), value
-    return isinstance(value, hint), value
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    return getattr(hint, "__name__", str(hint))
-
-
 def _build(cls: type, raw: Mapping[str, Any], prefix: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     by_name = {f.name: f for f in dataclasses.fields(cls)}
@@ -217,9 +206,9 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, problems: list[str]) 
                 continue
             values[key] = _build(hint, value, f"{path}.", problems)
             continue
-        ok, coerced = _type_ok(value, hint)
+        ok, coerced = type_ok(value, hint)
         if not ok:
-            problems.append(f"'{path}' must be {_describe(hint)}, got {value!r}")
+            problems.append(f"'{path}' must be {describe_type(hint)}, got {value!r}")
             continue
         rule = by_name[key].metadata.get("rule")
         if rule and isinstance(coerced, (int, float)) and not isinstance(coerced, bool):
@@ -249,55 +238,21 @@ def _check_cross_field(cfg: Config, problems: list[str]) -> None:
     if t.metric != "loss" and not t.valid_bleu:
         problems.append(f"'train.metric' {t.metric!r} needs 'train.valid_bleu: true' (validation "
                         f"decoding); set train.metric=loss or train.valid_bleu=true")
-    if t.schedule == "linear" and not t.max_steps:
-        problems.append("'train.schedule' 'linear' decays to 0 at train.max_steps: set "
-                        "train.max_steps > 0")
+    if t.schedule in ("linear", "cosine") and not (t.max_steps or t.max_time):
+        problems.append(f"'train.schedule' {t.schedule!r} decays over the budget: set "
+                        f"train.max_steps or train.max_time > 0")
+    if t.average_last > t.keep_last:
+        problems.append(f"'train.average_last' {t.average_last} averages more checkpoints than "
+                        f"train.keep_last={t.keep_last} keeps: raise keep_last")
+    if t.tune_length_penalty and not t.valid_bleu:
+        problems.append("'train.tune_length_penalty' needs 'train.valid_bleu: true'")
+    m, d = cfg.model, cfg.data
+    if m.share_embeddings and not (d.joint_vocab and not d.prune_vocab):
+        problems.append("'model.share_embeddings' needs one vocabulary for both sides: set "
+                        "data.joint_vocab=true and data.prune_vocab=false")
     if t.schedule == "plateau" and t.warmup_steps:
         problems.append("'train.warmup_steps' is not used by the 'plateau' schedule: set it to 0 "
                         "or choose constant, inverse_sqrt or linear")
-
-
-def _strict_loader():
-    """yaml.SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last
-    silently), with the line of the second one."""
-    import yaml
-
-    class Strict(yaml.SafeLoader):
-        def construct_mapping(self, node, deep=False):
-            seen = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
-                try:
-                    hash(key)
-                except TypeError:
-                    continue  # SafeLoader itself reports an unhashable key
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key!r} given twice in one mapping; keep one",
-                        key_node.start_mark)
-                seen.add(key)
-            return super().construct_mapping(node, deep=deep)
-
-    return Strict
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b=value` -> (['a', 'b'], value parsed as a YAML scalar)."""
-    import yaml
-
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.max_steps=1000")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string; users mean a number
-        try:
-            value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf") else value
-        except ValueError:
-            pass
-    return key.strip().split("."), value
 
 
 def from_dict(raw: Mapping[str, Any], overrides: list[str] | tuple[str, ...] = (),
@@ -338,7 +293,7 @@ def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config {path}: not UTF-8 text ({exc.reason})") from exc
     try:
-        raw = yaml.load(text, Loader=_strict_loader())
+        raw = yaml.load(text, Loader=strict_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

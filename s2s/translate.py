@@ -127,6 +127,9 @@ class Translator:
         self._lexicon, self._lexicon_file, self.where = lexicon, lexicon_file, where
         self._lexicon_checked = False
         self._int8: dict = {}  # packed int8 weights (--precision int8), made on first use
+        # search options of the run's serving.json (the recipe's tuned length penalty): used
+        # where a call does not give them
+        self.search_defaults: dict = {}
         for m in _members(model):
             m.eval()
 
@@ -181,6 +184,9 @@ class Translator:
             members.append((file, payload.get("spm"),
                             cls.from_checkpoint(payload, str(file), lexicon, device)))
         if len(members) == 1:
+            record = checkpoint.serving(paths[0]) if Path(paths[0]).is_dir() else None
+            if record is not None:
+                members[0][2].search_defaults = dict(record["search"])
             return members[0][2]
         first_file, first_spm, first = members[0]
         for file, spm, _ in members[1:]:
@@ -215,7 +221,7 @@ class Translator:
         fp32; int8: dynamic int8 products). `shortlist` k > 0: each batch searches only the
         k best translations of its source pieces (the run's lexicon) and the
         `shortlist_frequent` most frequent target pieces; scores are normalised over them."""
-        opts = search.SearchOptions(**options)
+        opts = search.SearchOptions(**{**self.search_defaults, **options})
         lexicon = (self.lexicon(), shortlist, shortlist_frequent) if shortlist else None
         limit = source_limit(self.cfg) if max_src_len is None else max_src_len
         pieces, hyps = search_lines(self.model, self.tokenizer, lines, opts,

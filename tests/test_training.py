@@ -329,7 +329,7 @@ def test_constant_with_floor():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["train.schedule=linear"], "train.max_steps > 0"),
+    (["train.schedule=linear"], "train.max_steps or train.max_time > 0"),
     (["train.schedule=plateau", "train.warmup_steps=10"], "warmup_steps"),
     (["train.metric=bleu", "train.valid_bleu=false"], "train.metric=loss"),
     (["train.accum_steps=0"], "'train.accum_steps' must be > 0"),

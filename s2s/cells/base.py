@@ -51,17 +51,30 @@ class StepCell(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor, state: State | None = None
                 ) -> tuple[Tensor, State]:
-        batch, time = x.shape[0], x.shape[1]
-        if state is None:
-            state = self.initial_state(batch, x.device, x.dtype)
-        alive = length_mask(lengths, time, x.device)  # [B, T]
-        outputs = []
-        for t, x_t in enumerate(x.unbind(1)):  # unbind: one backward node for all steps
-            h, new_state = self.step(x_t, state)
-            keep = alive[:, t].unsqueeze(1)  # [B, 1]
-            state = tuple(torch.where(keep, new, old) for new, old in zip(new_state, state))
-            outputs.append(h * keep.to(h.dtype))
-        return torch.stack(outputs, dim=1), state  # [B, T, H]
+        return run_steps(self, x, lengths, state)
+
+
+def run_steps(cell, x: Tensor, lengths: Tensor, state: State | None = None, *,
+              step=None, h_dropout=None) -> tuple[Tensor, State]:
+    """`cell`'s recurrence over x [B, T, *] one time step at a time (`step`: the function to
+    call per time step, default cell.step), freezing each sequence's state after its last real
+    step; padded outputs are zero. `h_dropout`: applied to h (state[0]) before it is fed back
+    (variational recurrent dropout: a locked Dropout, reset here)."""
+    batch, time = x.shape[0], x.shape[1]
+    step = step or cell.step
+    if state is None:
+        state = cell.initial_state(batch, x.device, x.dtype)
+    if h_dropout is not None:
+        h_dropout.reset()
+    alive = length_mask(lengths, time, x.device)  # [B, T]
+    outputs = []
+    for t, x_t in enumerate(x.unbind(1)):  # unbind: one backward node for all steps
+        fed = state if h_dropout is None else (h_dropout(state[0]), *state[1:])
+        h, new_state = step(x_t, fed)
+        keep = alive[:, t].unsqueeze(1)  # [B, 1]
+        state = tuple(torch.where(keep, new, old) for new, old in zip(new_state, state))
+        outputs.append(h * keep.to(h.dtype))
+    return torch.stack(outputs, dim=1), state  # [B, T, H]
 
 
 def zeros_state(n: int, batch_size: int, hidden_size: int, device: torch.device,

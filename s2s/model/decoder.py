@@ -11,6 +11,7 @@ from s2s.cells import State, registry
 from s2s.config import ModelConfig
 from s2s.model.attention import Attention
 from s2s.model.dropout import Dropout
+from s2s.model.encoder import dropouts
 from s2s.tokenizer import PAD
 
 
@@ -27,7 +28,15 @@ class Decoder(nn.Module):
             self.cells.append(registry.build(cfg.cell, input_size, cfg.hidden_size,
                                              dict(cfg.cell_options)))
         self.attention = Attention(cfg.attention, cfg.hidden_size, cfg.hidden_size)
-        self.dropout = Dropout(cfg.dropout)
+        self.residual = cfg.residual
+        locked = "locked" if cfg.locked_dropout else "standard"
+        self.dropout, self.word_dropout = dropouts(cfg)  # embeddings (whole sequences)
+        # per-step sites: each its own module, so that a locked mask is kept per site
+        self.layer_dropouts = nn.ModuleList(Dropout(cfg.dropout, locked)
+                                            for _ in range(len(self.cells) - 1))
+        self.out_dropout = Dropout(cfg.dropout, locked)
+        self.h_dropouts = nn.ModuleList(Dropout(cfg.recurrent_dropout, "locked")
+                                        for _ in self.cells)
 
     def step(self, emb: Tensor, layers: tuple[State, ...], feed: Tensor, memory: Tensor,
              keys: Tensor, mask: Tensor) -> tuple[Tensor, tuple[State, ...], Tensor]:
@@ -36,8 +45,13 @@ class Decoder(nn.Module):
         x = torch.cat([emb, feed], dim=-1) if self.input_feeding else emb  # [B, E(+H)]
         new_layers = []
         for i, cell in enumerate(self.cells):
-            h, state = cell.step(x, layers[i])  # [B, H]
+            state = layers[i]
+            if self.h_dropouts[i].p:  # variational recurrent dropout on the h fed back
+                state = (self.h_dropouts[i](state[0]), *state[1:])
+            h, state = cell.step(x, state)  # [B, H]
             new_layers.append(state)
-            x = self.dropout(h) if i < len(self.cells) - 1 else h
+            if self.residual and i > 0:
+                h = h + x
+            x = self.layer_dropouts[i](h) if i < len(self.cells) - 1 else h
         attn_h, weights = self.attention(h, memory, keys, mask)
-        return self.dropout(attn_h), tuple(new_layers), weights
+        return self.out_dropout(attn_h), tuple(new_layers), weights

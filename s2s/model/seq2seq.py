@@ -12,7 +12,9 @@ from torch import Tensor, nn
 
 from s2s.cells import State
 from s2s.config import ModelConfig
+from s2s.errors import ConfigError
 from s2s.model.decoder import Decoder
+from s2s.model.dropout import reset_all
 from s2s.model.encoder import Encoder
 from s2s.ops import gemm
 from s2s.ops.deferred import deferred_weight_grads
@@ -51,9 +53,25 @@ class Seq2Seq(nn.Module):
             if cfg.tie_embeddings and cfg.emb_size != cfg.hidden_size else None
         self.generator = nn.Linear(cfg.emb_size if self.project else cfg.hidden_size,
                                    tgt_vocab_size)
+        self.bridge = None
+        if cfg.decoder_init == "bridge":  # tanh(W s + b) per decoder layer and state part
+            parts = len(self.decoder.cells[0].initial_state(1, torch.device("cpu"),
+                                                            torch.float32))
+            self.bridge = nn.ModuleList(
+                nn.ModuleList(nn.Linear(cfg.hidden_size, cfg.hidden_size) for _ in range(parts))
+                for _ in self.decoder.cells)
         if cfg.init_range:
             for p in self.parameters():
                 nn.init.uniform_(p, -cfg.init_range, cfg.init_range)
+            for m in self.modules():  # gains of 1 +- 0.1, not +- 0.1: layer norms keep theirs
+                if isinstance(m, nn.LayerNorm):
+                    m.reset_parameters()
+        if cfg.share_embeddings:
+            if src_vocab_size != tgt_vocab_size:
+                raise ConfigError(f"model.share_embeddings needs one vocabulary; the source has "
+                                  f"{src_vocab_size} pieces, the target {tgt_vocab_size}: set "
+                                  f"data.joint_vocab=true and data.prune_vocab=false")
+            self.decoder.embed.weight = self.encoder.embed.weight
         if cfg.tie_embeddings:
             self.generator.weight = self.decoder.embed.weight
         with torch.no_grad():
@@ -64,15 +82,35 @@ class Seq2Seq(nn.Module):
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[EncoderOut, DecoderState]:
         """src [B, S], src_lengths [B] -> encoder output and the decoder's initial state."""
         memory, finals = self.encoder(src, src_lengths)  # [B, S, H], per-layer states
+        mask = length_mask(src_lengths, src.shape[1], src.device)  # [B, S]
+        layers = self.initial_layers(finals, memory, mask)
         if not self.training and torch.is_autocast_enabled(src.device.type):
             # searching under autocast: cast the memory once, not at every step's bmm
             memory = memory.to(torch.get_autocast_dtype(src.device.type))
-        mask = length_mask(src_lengths, src.shape[1], src.device)  # [B, S]
-        n_enc = len(finals)
-        layers = tuple(finals[min(i, n_enc - 1)] for i in range(len(self.decoder.cells)))
         feed = memory.new_zeros(src.shape[0], self.cfg.hidden_size)  # [B, H]
         keys = self.decoder.attention.keys(memory)
         return EncoderOut(memory, keys, mask), DecoderState(layers, feed)
+
+    def initial_layers(self, finals: list[State], memory: Tensor, mask: Tensor
+                       ) -> tuple[State, ...]:
+        """The decoder layers' initial states (model.decoder_init): last: the encoder layers'
+        final states (decoder layer i gets encoder layer min(i, last)); bridge: tanh of a
+        learned layer of those; mean: every state part is the mean of the encoder's outputs
+        over the real source positions; zero: the cells' initial states."""
+        init, n_enc, cells = self.cfg.decoder_init, len(finals), self.decoder.cells
+        if init == "zero":
+            return tuple(cell.initial_state(memory.shape[0], memory.device, finals[0][0].dtype)
+                         for cell in cells)
+        if init == "mean":
+            real = mask.unsqueeze(2).to(memory.dtype)  # [B, S, 1]
+            mean = (memory * real).sum(1) / real.sum(1).clamp(min=1)  # [B, H]
+            mean = mean.to(finals[0][0].dtype)
+            return tuple(tuple(mean for _ in finals[0]) for _ in cells)
+        layers = tuple(finals[min(i, n_enc - 1)] for i in range(len(cells)))
+        if init == "bridge":
+            layers = tuple(tuple(torch.tanh(linear(part)) for linear, part in zip(bridge, state))
+                           for bridge, state in zip(self.bridge, layers))
+        return layers
 
     def step(self, tokens: Tensor, enc: EncoderOut, state: DecoderState,
              vocab: Tensor | None = None) -> tuple[Tensor, DecoderState, Tensor]:
@@ -101,8 +139,9 @@ class Seq2Seq(nn.Module):
     def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing: src [B, S], tgt_in [B, T] -> decoder outputs [B, T, H]
         (apply `logits` for [B, T, V]; `loss` does both)."""
+        reset_all(self)  # locked dropout: new masks for this batch
         enc, state = self.encode(src, src_lengths)
-        emb = self.decoder.dropout(self.decoder.embed(tgt_in))  # [B, T, E]
+        emb = self.decoder.dropout(self.decoder.word_dropout(self.decoder.embed(tgt_in)))
         layers, feed, outputs = state.layers, state.feed, []
         # each step's weight gradients become one GEMM over all steps (see s2s.ops.deferred)
         with deferred_weight_grads():

@@ -21,7 +21,7 @@ from s2s.errors import CheckpointError, ConfigError
 from s2s.model import Seq2Seq
 from s2s.ops import gemm
 from s2s.ops.runtime import limit_onednn_caches, set_threads, tune_allocator
-from s2s.training import distributed, optim, report, step, validation
+from s2s.training import distributed, finish, optim, report, step, validation
 from s2s.training import state as states
 from s2s.training.keeper import Keeper
 from s2s.training.prepare import prepare_run
@@ -88,7 +88,7 @@ class Trainer:
             self._say(note)
         self.world.start(self.model, self.tokenizer, t.seed)
         self.optimizer = optim.optimizer(self.model.parameters(), t)
-        self.scheduler = optim.scheduler(self.optimizer, t)
+        self.scheduler = optim.scheduler(self.optimizer, t, clock=self._elapsed)
         self.cell = states.cell_info(cfg.model.cell)
         if self.resume_from is not None:
             self._restore(self.resume_from)
@@ -195,6 +195,7 @@ class Trainer:
                                       self.resume_from is not None, self.world, self.console)
         window = report.Window()
         batches = self._batches()
+        served = None
         try:
             with StopSignals() as signals:
                 while True:
@@ -237,11 +238,15 @@ class Trainer:
                 self.keeper.save(final=True)
                 self.monitor.hparams(report.hparams(self.cfg, self.precision),
                                      {f"hparam/{k.split('/')[1]}": v for k, v in final.items()})
+                if self.world.main:  # averaging, the length penalty on val: serving.json
+                    served = finish.finish(self.run_dir, self.cfg, self.valid_data,
+                                           self.precision, self._say)
         finally:
             self.monitor.close()
             self.world.close()
         return {"step": s.step, "epoch": s.epoch, "stopped_by": reason,
                 "skipped_steps": s.skipped,
+                **({"serving": f"{served['checkpoint']} {served['search']}"} if served else {}),
                 "train_tgt_tok_s": s.tokens_seen / max(s.step_time, 1e-9), **final}
 
     def _should_stop(self, signals: StopSignals) -> tuple[str | None, str]:
