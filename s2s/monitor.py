@@ -55,17 +55,21 @@ class Monitor:
             self.jsonl.write(json.dumps({**values, **self.fields}) + "\n")
             self.jsonl.flush()
 
-    def scalars(self, step: int, values: dict[str, float]) -> None:
+    def scalars(self, step: int, values: dict[str, float], *,
+                elapsed: float | None = None) -> None:
+        """TensorBoard scalars and one JSON-lines record; `elapsed` (the run's training
+        seconds, across resumes) goes into the record as elapsed_s, for time plots."""
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
-        self.record({"step": step, **values})
+        self.record({"step": step, **values,
+                     **({} if elapsed is None else {"elapsed_s": round(elapsed, 3)})})
 
     def text(self, step: int, tag: str, text: str) -> None:
         self.writer.add_text(tag, text, step)
 
     def image(self, step: int, tag: str, image) -> None:
-        """image: a [H, W] tensor with values in [0, 1]."""
-        self.writer.add_image(tag, image, step, dataformats="HW")
+        """image: a [H, W] array with values in [0, 1] or an [H, W, 3] uint8 RGB picture."""
+        self.writer.add_image(tag, image, step, dataformats="HWC" if image.ndim == 3 else "HW")
 
     def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         self.writer.add_hparams(hparams, metrics, run_name="hparams")

@@ -137,7 +137,13 @@ def info(translator, where: str) -> dict[str, Any]:
             "src_vocab_size": translator.tokenizer.src_vocab_size,
             "tgt_vocab_size": translator.tokenizer.tgt_vocab_size,
             "device": str(translator.device), "versions": versions(),
-            "defaults": dataclasses.asdict(DEFAULTS)}
+            "defaults": defaults(translator)}
+
+
+def defaults(translator) -> dict[str, Any]:
+    """The search options a request gets for what it leaves out: `s2s translate`'s defaults
+    with the run's own (RUN/serving.json: the tuned length penalty) over them."""
+    return {**dataclasses.asdict(DEFAULTS), **translator.search_defaults}
 
 
 def build_app(load, cfg: ServeConfig, where: str = "model"):
@@ -249,8 +255,9 @@ def build_app(load, cfg: ServeConfig, where: str = "model"):
         if chars > cfg.max_chars:
             return error(413, f"{chars} characters in one request; the server takes at most "
                               f"--max-chars {cfg.max_chars}: split it")
-        options = {name: getattr(body, name) for name in REQUEST_OPTIONS}
-        options["attention"] = body.alignments
+        given = {name: getattr(body, name) for name in REQUEST_OPTIONS
+                 if name in body.model_fields_set}
+        options = {**defaults(state["translator"]), **given, "attention": body.alignments}
         try:
             SearchOptions(**options)
             if options["nbest"] > options["beam"] and not options["sampling"]:

@@ -19,7 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 LINES = ["a b c", "", "d e f g h", "l k j i h g f e d c b a", "a"]
 
 
-@pytest.fixture(scope="module", params=["lstm", "gru", "fused-lstm"])
+STEPWISE = {"ln-lstm", "ln-gru"}  # StepCell loops: exported step by step
+
+
+@pytest.fixture(scope="module", params=["lstm", "gru", "fused-lstm", "ln-lstm", "ln-gru"])
 def exported(request, toy_run, toy_data, tmp_path_factory):
     from s2s.export import export
     from s2s.training import train
@@ -54,9 +57,16 @@ def test_the_exported_model_gives_pytorch_s_lines(exported, options):
 
 def test_the_export_folder_and_its_manifest(exported):
     run, out, manifest = exported
-    assert {p.name for p in out.iterdir()} >= {"encoder.onnx", "step.onnx", "manifest.json",
-                                               "spm.model"}
     saved = json.loads((out / "manifest.json").read_text())
+    if saved["cell"] in STEPWISE:
+        graphs = {"embed.onnx", "encoder-0-0.onnx", "encoder-0-1.onnx", "finish.onnx"}
+        assert saved["encoder"] == "steps" and saved["encoder_parts"] == saved["per_layer"]
+    else:
+        graphs = {"encoder.onnx"}
+        assert saved["encoder"] == "graph"
+    names = {p.name for p in out.iterdir()}
+    assert names >= {*graphs, "step.onnx", "manifest.json", "spm.model"}
+    assert {n for n in names if n.endswith(".onnx")} == {*graphs, "step.onnx"}
     assert saved["cell"] == manifest["cell"] and saved["per_layer"] in (1, 2)
     assert saved["src_vocab_size"] > 4 and "torch" in saved["versions"]
 
@@ -73,20 +83,64 @@ def test_translate_cli_runs_an_export_and_refuses_other_precisions(exported):
         Translator.from_run(out).translate(["a b"], precision="int8")
 
 
-def test_a_cell_that_traces_to_fixed_lengths_is_refused_by_name(toy_data, tmp_path):
-    """The example plugin cell (a StepCell: its forward is a Python loop over time) traces to a
-    fixed number of steps; the export checks the graphs at other shapes and names the cell."""
-    pytest.importorskip("s2s_lnlstm")
-    from s2s.errors import PluginError
-    from s2s.export import export
+def _train(cell: str, data: Path, run: Path) -> Path:
     from s2s.training import train
 
-    run = tmp_path / "run"
     train(config.load(ROOT / "configs" / "toy.yaml", [
-        f"data.dir={toy_data}", "model.cell=lnlstm", "train.max_steps=20",
+        f"data.dir={data}", f"model.cell={cell}", "train.max_steps=20",
         "train.validate_every=20", "train.checkpoint_every=20", "train.valid_bleu=false",
         "train.metric=loss"]), run, console=False)
-    with pytest.raises(PluginError, match="cell 'lnlstm' does not export to ONNX with dynamic "
-                                          "lengths"):
+    return run
+
+
+def test_a_plugin_cell_whose_step_traces_is_exported_step_by_step(toy_data, tmp_path):
+    """The example plugin (a StepCell: its forward is a Python loop over time) exports through
+    its step; the exported model gives the PyTorch model's lines."""
+    pytest.importorskip("s2s_lnlstm")
+    from s2s.export import export
+
+    run = _train("lnlstm", toy_data, tmp_path / "run")
+    assert export(run, tmp_path / "out")["encoder"] == "steps"
+    a = Translator.from_run(run, device="cpu").search(LINES, beam=3, precision="fp32")
+    b = Translator.from_run(tmp_path / "out").search(LINES, beam=3)
+    assert [[h["translation"] for h in x] for x in a] == [[h["translation"] for h in x] for x in b]
+
+
+CONSTANT_STEP = """
+import torch
+from torch import nn
+from s2s.cells import StepCell
+
+
+class ListCell(StepCell):
+    \"\"\"h' = tanh(W x + U h), computed from Python lists: traces to the trace's values.\"\"\"
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.w = nn.Linear(input_size, hidden_size)
+        self.u = nn.Linear(hidden_size, hidden_size, bias=False)
+
+    def initial_state(self, batch_size, device, dtype):
+        return (torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype),)
+
+    def step(self, x, state):
+        x = torch.tensor(x.tolist(), dtype=x.dtype)
+        h = torch.tanh(self.w(x) + self.u(state[0]))
+        return h, (h,)
+"""
+
+
+def test_a_cell_whose_step_does_not_trace_is_refused_by_name(toy_data, tmp_path, install):
+    """A step that turns tensors into Python numbers traces to the trace's own values; the
+    export checks the graphs at other shapes, names the cell and leaves no graphs behind."""
+    from s2s.errors import PluginError
+    from s2s.export import export
+
+    install("listcells", "0.1", {"listcell": (CONSTANT_STEP, "ListCell")})
+    run = _train("listcell", toy_data, tmp_path / "run")
+    with pytest.raises(PluginError, match="cell 'listcell' does not export to ONNX with "
+                                          "dynamic lengths"):
         export(run, tmp_path / "out")
-    assert not (tmp_path / "out" / "encoder.onnx").exists()
+    assert not list((tmp_path / "out").glob("*.onnx"))
+    assert not (tmp_path / "out" / "manifest.json").exists()

@@ -30,28 +30,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(toy_run):
+def start(run: Path, *extra: str) -> tuple[str, subprocess.Popen]:
+    """`s2s serve run` on a free loopback port, once /health says 200."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "s2s", "serve", str(toy_run), "--port",
-                             str(port), "--max-lines", "50", "--max-chars", "2000",
-                             "--max-wait-ms", "20", "--threads", "1"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "s2s", "serve", str(run), "--port",
+                             str(port), "--max-wait-ms", "20", "--threads", "1", *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + TIMEOUT
     while True:
-        assert proc.poll() is None, proc.stderr.read()
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read())
         try:
             if call(url, "GET", "/health")[0] == 200:
-                break
+                return url, proc
         except OSError:
             pass
-        assert time.monotonic() < deadline, "the server did not come up"
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("the server did not come up")
         time.sleep(0.2)
-    yield url, proc
+
+
+def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait(timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def server(toy_run):
+    url, proc = start(toy_run, "--max-lines", "50", "--max-chars", "2000")
+    yield url, proc
+    stop(proc)
 
 
 def call(url: str, method: str, path: str, body=None, raw: bytes | None = None
@@ -166,3 +177,29 @@ def test_concurrent_lines_share_searches_and_sigterm_exits_cleanly(server):
     assert "Traceback" not in err
     log_lines = [line for line in err.splitlines() if '"POST /translate"' in line]
     assert len(log_lines) >= 32 and all(" ms" in line for line in log_lines)
+
+
+def test_requests_get_the_run_s_tuned_search_options_for_what_they_leave_out(toy_run, tmp_path):
+    """RUN/serving.json (the recipe's tuned length penalty) fills what a request omits, as
+    it does for `s2s translate RUN`; what a request gives wins."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(toy_run, run)
+    tuned = {"beam": 3, "length_penalty": "gnmt", "alpha": 1.4}
+    (run / "serving.json").write_text(json.dumps({"checkpoint": "checkpoints/best.pt",
+                                                  "search": tuned}))
+    url, proc = start(run)
+    try:
+        text = ["a b c d e", "c a"]
+        _, implicit = call(url, "POST", "/translate", {"text": text, "scores": True})
+        _, explicit = call(url, "POST", "/translate", {"text": text, "scores": True, **tuned})
+        _, plain = call(url, "POST", "/translate", {"text": text, "scores": True, "beam": 1,
+                                                     "length_penalty": "none"})
+        status, info = call(url, "GET", "/info")
+    finally:
+        stop(proc)
+    assert implicit == explicit
+    assert [t["score"] for t in implicit["translations"]] != \
+        [t["score"] for t in plain["translations"]]
+    assert status == 200 and {k: info["defaults"][k] for k in tuned} == tuned

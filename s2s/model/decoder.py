@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from s2s.cells import State, registry
 from s2s.config import ModelConfig
 from s2s.model.attention import Attention
-from s2s.model.dropout import Dropout
+from s2s.model.dropout import Dropout, site_kind
 from s2s.model.encoder import dropouts
 from s2s.tokenizer import PAD
 
@@ -29,7 +29,7 @@ class Decoder(nn.Module):
                                              dict(cfg.cell_options)))
         self.attention = Attention(cfg.attention, cfg.hidden_size, cfg.hidden_size)
         self.residual = cfg.residual
-        locked = "locked" if cfg.locked_dropout else "standard"
+        locked = site_kind(cfg.locked_dropout)
         self.dropout, self.word_dropout = dropouts(cfg)  # embeddings (whole sequences)
         # per-step sites: each its own module, so that a locked mask is kept per site
         self.layer_dropouts = nn.ModuleList(Dropout(cfg.dropout, locked)

@@ -50,6 +50,12 @@ class Dropout(nn.Module):
         return f"p={self.p}" + (f", kind={self.kind}" if self.kind != "standard" else "")
 
 
+def site_kind(locked: bool) -> Kind:
+    """The kind of the model's dropout sites (embeddings, between layers, outputs):
+    model.locked_dropout."""
+    return "locked" if locked else "standard"
+
+
 def reset_all(module: nn.Module) -> None:
     """Reset the locked masks of every Dropout in `module`."""
     for m in module.modules():

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from s2s.cells import State, registry
 from s2s.cells.base import run_steps
 from s2s.config import ModelConfig
-from s2s.model.dropout import Dropout
+from s2s.model.dropout import Dropout, site_kind
 from s2s.tokenizer import PAD
 
 
@@ -24,7 +24,7 @@ def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
 
 def dropouts(cfg: ModelConfig) -> tuple[Dropout, Dropout]:
     """(the dropout of embeddings, layers and outputs; word dropout) as configured."""
-    return (Dropout(cfg.dropout, "locked" if cfg.locked_dropout else "standard"),
+    return (Dropout(cfg.dropout, site_kind(cfg.locked_dropout)),
             Dropout(cfg.word_dropout, "word"))
 
 

@@ -82,12 +82,19 @@ class Seq2Seq(nn.Module):
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[EncoderOut, DecoderState]:
         """src [B, S], src_lengths [B] -> encoder output and the decoder's initial state."""
         memory, finals = self.encoder(src, src_lengths)  # [B, S, H], per-layer states
-        mask = length_mask(src_lengths, src.shape[1], src.device)  # [B, S]
+        return self.encoded(memory, finals, src_lengths)
+
+    def encoded(self, memory: Tensor, finals: list[State], src_lengths: Tensor
+                ) -> tuple[EncoderOut, DecoderState]:
+        """What encode makes of the encoder's output: attention keys and mask, the decoder's
+        initial state (model.decoder_init) and input feed."""
+        device = memory.device
+        mask = length_mask(src_lengths, memory.shape[1], device)  # [B, S]
         layers = self.initial_layers(finals, memory, mask)
-        if not self.training and torch.is_autocast_enabled(src.device.type):
+        if not self.training and torch.is_autocast_enabled(device.type):
             # searching under autocast: cast the memory once, not at every step's bmm
-            memory = memory.to(torch.get_autocast_dtype(src.device.type))
-        feed = memory.new_zeros(src.shape[0], self.cfg.hidden_size)  # [B, H]
+            memory = memory.to(torch.get_autocast_dtype(device.type))
+        feed = memory.new_zeros(memory.shape[0], self.cfg.hidden_size)  # [B, H]
         keys = self.decoder.attention.keys(memory)
         return EncoderOut(memory, keys, mask), DecoderState(layers, feed)
 

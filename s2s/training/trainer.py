@@ -174,7 +174,7 @@ class Trainer:
         result = self.world.broadcast(self.validate() if self.world.main else None)
         self.last_validation = result
         self.validated_step = self.state.step
-        self.monitor.scalars(self.state.step, result)
+        self.monitor.scalars(self.state.step, result, elapsed=self._elapsed())
         metric = validation.metric(result, self.cfg.train.metric)
         if scheduled and self.cfg.train.schedule == "plateau":
             self.scheduler.step(metric)
@@ -276,7 +276,7 @@ class Trainer:
         t, s = self.cfg.train, self.state
         s.nonfinite += 1
         s.skipped += 1
-        self.monitor.scalars(s.step, {"train/skipped_steps": s.skipped})
+        self.monitor.scalars(s.step, {"train/skipped_steps": s.skipped}, elapsed=self._elapsed())
         self._say(f"non-finite {'loss' if not math.isfinite(nll) else 'gradient'} after step "
                   f"{s.step}: update skipped ({s.nonfinite} in a row)", logging.WARNING)
         if s.nonfinite >= t.max_nonfinite:
@@ -284,7 +284,7 @@ class Trainer:
 
     def _log(self, window: report.Window) -> None:
         values = window.values(self.optimizer.param_groups[0]["lr"])
-        self.monitor.scalars(self.state.step, values)
+        self.monitor.scalars(self.state.step, values, elapsed=self._elapsed())
         if not sys.stderr.isatty():  # no progress bar: a log line with rate and ETA instead
             self._say(report.progress_line(self.state.step, values, self._elapsed(),
                                            self.cfg.train))

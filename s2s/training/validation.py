@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from s2s import config, evaluate
+from s2s import config, evaluate, plots
 from s2s import precision as precisions
 from s2s.batching import bucket_batches, collate
 from s2s.model import Seq2Seq
@@ -29,6 +29,15 @@ def attention_map(model: Seq2Seq, src_ids: list[int], tgt_ids: list[int]) -> tor
         _, state, weights = model.step(token.view(1), enc, state)
         rows.append(weights[0].float())
     return torch.stack(rows)  # [T, S]
+
+
+def attention_picture(model: Seq2Seq, tokenizer: Tokenizer, row: dict, step: int):
+    """An [H, W, 3] picture of the attention over one validation pair, its axes labelled with
+    the source pieces (EOS included) and the target pieces each step predicts."""
+    weights = attention_map(model, row["src_ids"], row["tgt_ids"])  # [T, S]
+    src = tokenizer.src.pieces(row["src_ids"]) or ["</s>"]  # an empty source: one EOS
+    tgt = tokenizer.tgt.pieces(row["tgt_ids"]) + ["</s>"]
+    return plots.rgb(plots.attention_figure(weights.numpy(), src, tgt, f"step {step}"))
 
 
 @torch.no_grad()
@@ -60,9 +69,7 @@ def validate(model: Seq2Seq, tokenizer: Tokenizer, valid: Corpus, cfg: config.Co
         monitor.text(step, "val/samples", samples)
     for i in range(min(N_SAMPLES, len(valid.src_len))):
         row = valid.data[i]
-        weights = attention_map(model, row["src_ids"], row["tgt_ids"])  # [T, S]
-        pixels = weights.repeat_interleave(8, 0).repeat_interleave(8, 1)  # 8x8 px per cell
-        monitor.image(step, f"attention/{i}", pixels)
+        monitor.image(step, f"attention/{i}", attention_picture(model, tokenizer, row, step))
     model.train()
     return result
 
