@@ -52,7 +52,48 @@ def start(nproc: int, run: Path, data: Path, *sets: str) -> subprocess.Popen:
             *(x for s in sets for x in ("--set", s))]
     return subprocess.Popen(_command(nproc, *args), cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own group: killpg reaches the ranks
+                            start_new_session=True)  # kill_tree ends it and its ranks
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc), children first."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its ranks at once. torchrun starts each rank in a session of its
+    own (start_new_session), so killing torchrun's process group would miss them: an orphaned
+    rank would go on training into the run directory."""
+    pids = _descendants(proc.pid)
+    for pid in [proc.pid, *pids]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=TIMEOUT)
+    deadline = time.monotonic() + TIMEOUT
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in pids):
+        assert time.monotonic() < deadline, "a rank outlived SIGKILL"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def wait_for(path: Path, proc: subprocess.Popen) -> None:
@@ -152,8 +193,7 @@ def test_killed_ddp_run_resumes_bitwise(toy_data, tmp_path):
     try:
         wait_for(checkpoint.step_file(killed / "checkpoints", 60), proc)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, mid-run
-        proc.wait(timeout=TIMEOUT)
+        kill_tree(proc)  # torchrun and both ranks, mid-run
     assert not checkpoint.step_file(killed / "checkpoints", 200).exists()
     train(2, killed, toy_data, resume=True)
     a, b = final_params(whole), final_params(killed)
@@ -172,7 +212,7 @@ def test_sigterm_to_torchrun_saves_once_and_stops_every_rank(toy_data, tmp_path)
         _, err = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc)
     assert err.count("SIGTERM: stopped after step") == 1, err[-3000:]
     step = checkpoint.load(run / "checkpoints" / "last.pt")["step"]
     assert step >= 20 and checkpoint.step_file(run / "checkpoints", step).exists()
