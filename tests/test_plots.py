@@ -110,3 +110,28 @@ def test_plot_tool_writes_a_png(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "plot_bleu.py"), "-o", str(out),
                            f"x={tmp_path / 'missing'}"], capture_output=True, text=True)
     assert proc.returncode != 0 and "missing" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ablation_report_compares_variants_on_one_cpu_kind(tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import ablation
+    finally:
+        sys.path.pop(0)
+    rows = [("baseline", 1, "avx2", 38.0), ("baseline", 2, "avx2", 39.0),
+            ("word_dropout", 1, "avx2", 39.5), ("word_dropout", 2, "avx2", 40.5),
+            ("word_dropout", 1, "avx512f", 30.0)]
+    for variant, seed, cpu, bleu in rows:
+        run = tmp_path / f"{variant}-s{seed}-{cpu}"
+        run.mkdir()
+        (run / "result.json").write_text(json.dumps({
+            "variant": variant, "seed": seed, "cpu": cpu, "steps": 1000,
+            "bleu_beam5": bleu, "bleu_beam1": bleu - 2}))
+    table = ablation.report(tmp_path)
+    avx2 = table.split("CPU: avx512f")[0]
+    assert "| baseline | the 15-minute recipe as shipped | 2 | 1000 | 38.50 ± 0.50 |  |" in avx2
+    assert "| word_dropout | word dropout 0.1 | 2 | 1000 | 40.00 ± 0.50 | +1.50 |" in avx2
+    other = table.split("CPU: avx512f")[1]
+    assert "| word_dropout | word dropout 0.1 | 1 | 1000 | 30.00 |  |" in other  # no baseline
+    with pytest.raises(SystemExit, match="no finished runs"):
+        ablation.report(tmp_path / "empty")
