@@ -180,6 +180,10 @@ def average_run(run_dir: str | Path, last: int, output: str | Path) -> list[int]
                               f"model there would replace or shadow the checkpoints `--resume` "
                               f"continues from; write it beside them, e.g. "
                               f"{Path(run_dir) / 'avg.pt'}")
+    if (target.parent / CHECKPOINT_DIR).is_dir() and target.suffix != ".pt":
+        raise CheckpointError(f"-o {output} would replace a file of the run in "
+                              f"{target.parent} (its tokenizer, config or logs); name the "
+                              f"averaged model *.pt, e.g. {target.parent / 'avg.pt'}")
     steps = sorted(files)[-last:]
     newest = load(files[steps[-1]])
     total = {k: v.double() for k, v in newest["model"].items()}

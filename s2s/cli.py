@@ -236,7 +236,7 @@ def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: 
                    shortlist=shortlist, shortlist_frequent=shortlist_frequent)
     _use_run_defaults(options, translator.search_defaults)
     json_lines = output_scores or output_alignments or nbest > 1
-    streams.not_the_same(input_path, output_path)
+    streams.not_the_same(input_path, output_path, *models)
     source = streams.open_input(input_path)
     try:
         sink = streams.open_output(output_path)
@@ -318,6 +318,7 @@ def score(models: tuple[str, ...], input_path: str, targets_path: str, output_pa
     from s2s.data import read_lines
     from s2s.translate import Translator
 
+    streams.not_the_same(input_path, output_path, targets_path, *models)
     sources, targets = read_lines(input_path), read_lines(targets_path)
     if len(sources) != len(targets):
         raise DataError(f"{input_path} has {len(sources)} lines but {targets_path} has "
@@ -325,13 +326,7 @@ def score(models: tuple[str, ...], input_path: str, targets_path: str, output_pa
     translator = Translator.from_run(list(models), device=_device_for(device, precision))
     values = translator.score(sources, targets, batch_size=batch_size,
                               precision=precision)
-    sink = streams.open_output(output_path)
-    try:
-        for value in values:
-            sink.write(f"{value:.6f}\n")
-    finally:
-        if sink is not sys.stdout:
-            sink.close()
+    streams.write_lines(output_path, (f"{value:.6f}\n" for value in values))
 
 
 @main.command()

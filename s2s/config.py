@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from s2s import devices
-from s2s.configparse import describe_type, parse_override, strict_loader, type_ok
+from s2s.configparse import describe_type, parse_override, shown, strict_loader, type_ok
 from s2s.errors import ConfigError
 
 # the range rules a numeric field may carry (metadata "rule"), checked by `_build`
 RULES = {"positive": ("> 0", lambda v: v > 0), "non_negative": (">= 0", lambda v: v >= 0),
          "unit_interval": ("in [0, 1)", lambda v: 0 <= v < 1),
-         "fraction": ("in (0, 1]", lambda v: 0 < v <= 1)}
+         "fraction": ("in (0, 1]", lambda v: 0 < v <= 1),
+         "seed": ("in [0, 2**32)", lambda v: 0 <= v < 2 ** 32)}
 
 
 def _f(default: Any = dataclasses.MISSING, help: str = "", rule: str | None = None, *,
@@ -160,7 +161,7 @@ class TrainConfig:
     tune_beam: int = _f(5, "the beam of tune_length_penalty", "positive")
     max_nonfinite: int = _f(10, "non-finite losses in a row that stop the run (each is "
                                 "skipped)", "positive", resumable=True)
-    seed: int = _f(1234, "seed of initialisation, batching and dropout")
+    seed: int = _f(1234, "seed of initialisation, batching and dropout", "seed")
     threads: int = _f(0, "torch intra-op threads; 0: torch's default", "non_negative",
                       resumable=True)
     device: str = _f("auto", "where training computes: auto (CUDA when available, else the "
@@ -202,13 +203,13 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, problems: list[str]) 
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, Mapping):
-                problems.append(f"'{path}' must be a mapping of keys, got {value!r}")
+                problems.append(f"'{path}' must be a mapping of keys, got {shown(value)}")
                 continue
             values[key] = _build(hint, value, f"{path}.", problems)
             continue
         ok, coerced = type_ok(value, hint)
         if not ok:
-            problems.append(f"'{path}' must be {describe_type(hint)}, got {value!r}")
+            problems.append(f"'{path}' must be {describe_type(hint)}, got {shown(value)}")
             continue
         rule = by_name[key].metadata.get("rule")
         if rule and isinstance(coerced, (int, float)) and not isinstance(coerced, bool):
@@ -294,6 +295,9 @@ def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"config {path}: not UTF-8 text ({exc.reason})") from exc
     try:
         raw = yaml.load(text, Loader=strict_loader())
+    except RecursionError as exc:
+        raise ConfigError(f"config {path}: nested too deeply to be an s2s config (a mapping "
+                          f"of sections data/model/train)") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

@@ -85,3 +85,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         except ValueError:
             pass
     return key.strip().split("."), value
+
+
+def shown(value: Any) -> str:
+    """A value as error messages show it: repr, cut short (a YAML anchor bomb expands to a
+    huge structure; reprlib never builds the whole text)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlevel, r.maxlist, r.maxdict = 60, 60, 2, 4, 4
+    return r.repr(value)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from s2s.cells.base import StepCell, zeros_state
-from s2s.errors import CheckpointError, PluginError
+from s2s.errors import CheckpointError, ConfigError, PluginError
 from s2s.model.dropout import Dropout
 from s2s.model.encoder import Encoder
 
@@ -142,7 +142,11 @@ def export(run: str | Path, out_dir: str | Path) -> dict[str, Any]:
     model, cfg = translator.model.eval(), translator.cfg
     cell = cfg.model.cell
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"-o {out_dir}: cannot create the export folder "
+                          f"({exc.strerror or exc}); choose a writable place") from exc
     top = translator.tokenizer.src_vocab_size - 1
     src = torch.tensor([[5, 6, 7, 3], [8, 9, 3, 0]]).clamp(max=top)  # a trace example
     lengths = torch.tensor([4, 3])
@@ -276,7 +280,13 @@ class OnnxModel(nn.Module):
 
         self._device = nn.Parameter(torch.zeros(0), requires_grad=False)  # the CPU, for search
         directory = Path(directory)
-        self.manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+        try:
+            self.manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+            if not isinstance(self.manifest, dict) or "per_layer" not in self.manifest:
+                raise ValueError("not an s2s export manifest")
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{directory / MANIFEST} is damaged ({exc}); export the run "
+                                  f"again") from exc
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

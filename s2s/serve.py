@@ -146,9 +146,10 @@ def defaults(translator) -> dict[str, Any]:
     return {**dataclasses.asdict(DEFAULTS), **translator.search_defaults}
 
 
-def build_app(load, cfg: ServeConfig, where: str = "model"):
+def build_app(load, cfg: ServeConfig, where: str = "model", on_error=None):
     """The FastAPI app. `load()` returns the Translator; it runs on a thread at start-up (the
-    server answers /health with 503 until it is done)."""
+    server answers /health with 503 until it is done). If it fails, /health says 503 with the
+    error and `on_error(message)` is called (s2s serve then stops, exit 1)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -166,7 +167,8 @@ def build_app(load, cfg: ServeConfig, where: str = "model"):
             state["translator"] = translator
         except S2SError as exc:
             state["error"] = str(exc)
-            log.error("cannot load the model: %s", exc)
+            if on_error is not None:
+                on_error(str(exc))
 
     async def start() -> None:
         await asyncio.to_thread(loaded)
@@ -279,16 +281,26 @@ def serve(load, cfg: ServeConfig, host: str, port: int, where: str) -> None:
     """Run the service until SIGTERM/SIGINT (uvicorn's graceful shutdown)."""
     import uvicorn
 
-    app = build_app(load, cfg, where)
+    failed: list[str] = []
+    server: list = []
+
+    def stop(message: str) -> None:  # the model cannot be loaded: nothing to serve
+        failed.append(message)
+        server[0].should_exit = True
+
+    app = build_app(load, cfg, where, on_error=stop)
     config = uvicorn.Config(app, host=host, port=port, access_log=False, log_config=None,
                             timeout_graceful_shutdown=15, lifespan="on")
+    server.append(uvicorn.Server(config))
     # uvicorn shuts down gracefully on SIGTERM, then sends the signal again to the handler it
     # found: with this one the process then exits 0 instead of dying of SIGTERM
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        uvicorn.Server(config).run()
+        server[0].run()
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if failed:
+        raise S2SError(f"cannot serve {where}: {failed[0]}")
 
 
 def main(models: list[str], host: str, port: int, cfg: ServeConfig, threads: int,

@@ -26,17 +26,41 @@ def open_input(path: str):
         raise DataError(f"--input {path}: cannot open ({exc.strerror})") from exc
 
 
-def not_the_same(input_path: str, output_path: str) -> None:
-    """A DataError before anything is opened when --output would overwrite --input."""
-    if "-" in (input_path, output_path) or not Path(output_path).exists():
+def not_the_same(input_path: str, output_path: str, *others: str) -> None:
+    """A DataError before anything is opened when --output would overwrite --input (or one
+    of `others`: the model files, a scored target file)."""
+    if output_path == "-" or not Path(output_path).exists():
         return
+    for i, path in enumerate((input_path, *others)):
+        if path == "-":
+            continue
+        try:
+            same = Path(path).samefile(output_path)
+        except OSError:
+            continue  # an unreadable input gets its own error
+        if same:
+            what = "the input file" if i == 0 else f"{path}, which this command reads"
+            raise DataError(f"--output {output_path} is {what}: writing it would destroy it "
+                            f"before it is read; write to another file")
+
+
+def write_lines(path: str, lines) -> None:
+    """Write `lines` (each with its newline) to `path` ('-': stdout); a failed write or close
+    is reported as writing `path` (a broken pipe ends quietly)."""
+    sink = open_output(path)
     try:
-        same = Path(input_path).samefile(output_path)
-    except OSError:
-        return  # an unreadable input gets its own error
-    if same:
-        raise DataError(f"--output {output_path} is the input file: writing it would destroy "
-                        f"the text before it is read; write to another file")
+        out = Sink(sink)
+        for line in lines:
+            out.write(line)
+        out.flush()
+    except WriteFailed as failed:
+        write_error(path, failed.__cause__)
+    finally:
+        if sink is not sys.stdout:
+            try:
+                sink.close()
+            except OSError as exc:
+                write_error(path, exc)
 
 
 class Sink:

@@ -200,13 +200,13 @@ class Translator:
     @classmethod
     def from_export(cls, directory: str | Path) -> Translator:
         """A folder written by `s2s export`: its ONNX graphs run by onnxruntime (CPU)."""
-        import json
-
         from s2s import export
 
         model = export.OnnxModel(directory)
-        cfg = config.from_dict(json.loads((Path(directory) / export.MANIFEST).read_text(
-            encoding="utf-8"))["config"], source=f"{directory}: manifest")
+        if not isinstance(model.manifest.get("config"), dict):
+            raise CheckpointError(f"{Path(directory) / export.MANIFEST} holds no config; export "
+                                  f"the run again")
+        cfg = config.from_dict(model.manifest["config"], source=f"{directory}: manifest")
         return cls(model, Tokenizer.load(directory), cfg, None, str(directory))
 
     def search(self, lines: list[str], *, batch_size: int = 64, max_tokens: int = 0,

@@ -490,3 +490,40 @@ def test_a_broken_pipe_ends_quietly_and_a_full_disk_says_writing(toy_run, tmp_pa
         proc = _sh("echo 'a b' | S2S -o /dev/full", toy_run, tmp_path)
         assert proc.returncode == 1
         assert "error: writing /dev/full failed (No space left on device)" in proc.stderr
+
+
+def test_translate_and_score_never_write_over_what_they_read(toy_run, tmp_path):
+    import shutil
+
+    model = tmp_path / "model.pt"
+    shutil.copy(checkpoint.resolve(toy_run), model)
+    before = model.read_bytes()
+    source, targets = tmp_path / "src.txt", tmp_path / "tgt.txt"
+    source.write_text("a b c\n")
+    targets.write_text("c b a\n")
+    assert_user_error(cli("translate", model, "-i", source, "-o", model),
+                      f"--output {model} is {model}, which this command reads")
+    for out in (source, targets, model):
+        assert_user_error(cli("score", model, "-i", source, "-r", targets, "-o", out),
+                          f"--output {out} is")
+    assert model.read_bytes() == before
+    assert source.read_text() == "a b c\n" and targets.read_text() == "c b a\n"
+    if os.path.exists("/dev/full"):
+        assert_user_error(cli("score", model, "-i", source, "-r", targets, "-o", "/dev/full"),
+                          "writing /dev/full failed")
+
+
+def test_out_of_range_seed_and_deeply_nested_yaml_are_config_errors(tmp_path, toy_data):
+    assert_user_error(cli("train", TOY, "--run-dir", tmp_path / "a", "--set",
+                          f"data.dir={toy_data}", "--set", "train.seed=-1"),
+                      "'train.seed' must be in [0, 2**32), got -1")
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 5000 + "]" * 5000 + "\n")
+    assert_user_error(cli("train", deep, "--run-dir", tmp_path / "b"), "nested too deeply")
+    bomb = tmp_path / "bomb.yaml"  # nine to the eighth elements once its aliases expand
+    names = "abcdefgh"
+    levels = ["&a [" + ", ".join("x" * 9) + "]"] + [
+        f"&{names[i + 1]} [" + ", ".join([f"*{names[i]}"] * 9) + "]" for i in range(7)]
+    bomb.write_text("data:\n  dir: [" + ", ".join(levels) + "]\n")
+    message = assert_user_error(cli("train", bomb, "--run-dir", tmp_path / "c"))
+    assert len(message) < 2000, len(message)

@@ -144,3 +144,21 @@ def test_a_cell_whose_step_does_not_trace_is_refused_by_name(toy_data, tmp_path,
         export(run, tmp_path / "out")
     assert not list((tmp_path / "out").glob("*.onnx"))
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_an_unwritable_folder_and_a_damaged_manifest_are_clear_errors(exported, tmp_path):
+    import shutil
+
+    from s2s.errors import CheckpointError
+    from s2s.export import export
+
+    run, out, _ = exported
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="cannot create the export folder"):
+        export(run, tmp_path / "file" / "sub")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    for text in ("{not json", "[1, 2]", '{"per_layer": 1}'):
+        (damaged / "manifest.json").write_text(text)
+        with pytest.raises(CheckpointError, match="manifest.json"):
+            Translator.from_run(damaged)

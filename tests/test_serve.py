@@ -203,3 +203,12 @@ def test_requests_get_the_run_s_tuned_search_options_for_what_they_leave_out(toy
     assert [t["score"] for t in implicit["translations"]] != \
         [t["score"] for t in plain["translations"]]
     assert status == 200 and {k: info["defaults"][k] for k in tuned} == tuned
+
+
+def test_a_model_that_cannot_be_loaded_stops_the_server_with_one_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "s2s", "serve", str(tmp_path / "missing"),
+                           "--port", str(free_port())], cwd=ROOT, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert proc.returncode == 1, proc.stderr
+    assert f"error: cannot serve {tmp_path / 'missing'}: " in proc.stderr
+    assert "Traceback" not in proc.stderr

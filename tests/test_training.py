@@ -303,6 +303,15 @@ def test_average_never_writes_into_a_runs_checkpoints(reference, name):
     assert {p.name: p.read_bytes() for p in ckpts.iterdir()} == before  # nothing touched
 
 
+@pytest.mark.parametrize("name", ["spm.model", "config.yaml", "train_log.jsonl"])
+def test_average_never_replaces_a_runs_own_files(reference, name):
+    before = (reference / name).read_bytes()
+    result = CliRunner().invoke(main, ["average", str(reference), "--last", "2", "-o",
+                                       str(reference / name)])
+    assert result.exit_code == 1 and "would replace a file of the run" in result.output
+    assert "Traceback" not in result.output and (reference / name).read_bytes() == before
+
+
 # -- schedules -----------------------------------------------------------------------------------
 
 
