@@ -239,19 +239,9 @@ def translate(models: tuple[str, ...], input_path: str, output_path: str, beam: 
     streams.not_the_same(input_path, output_path, *models)
     source = streams.open_input(input_path)
     try:
-        sink = streams.open_output(output_path)
-        try:
-            translator.translate_stream(source, streams.Sink(sink),
-                                        window=max(1024, 16 * batch_size),
+        with streams.writing(output_path) as sink:
+            translator.translate_stream(source, sink, window=max(1024, 16 * batch_size),
                                         json_lines=json_lines, batch_size=batch_size, **options)
-        except streams.WriteFailed as failed:
-            streams.write_error(output_path, failed.__cause__)
-        finally:
-            if sink is not sys.stdout:
-                try:
-                    sink.close()
-                except OSError as exc:  # the last buffered lines could not be written
-                    streams.write_error(output_path, exc)
     except (OSError, EOFError) as exc:  # EOFError: a truncated .gz
         raise DataError(f"reading {input_path} failed ({getattr(exc, 'strerror', None) or exc})"
                         ) from exc
@@ -326,7 +316,9 @@ def score(models: tuple[str, ...], input_path: str, targets_path: str, output_pa
     translator = Translator.from_run(list(models), device=_device_for(device, precision))
     values = translator.score(sources, targets, batch_size=batch_size,
                               precision=precision)
-    streams.write_lines(output_path, (f"{value:.6f}\n" for value in values))
+    with streams.writing(output_path) as sink:
+        for value in values:
+            sink.write(f"{value:.6f}\n")
 
 
 @main.command()

@@ -3,7 +3,9 @@ lengths), the SentencePiece model and a manifest; `s2s translate DIR` / `s2s ser
 with onnxruntime through s2s's own search, which only sees encode / step / reorder.
 
 - `encoder.onnx`: (src [B, S] int64, lengths [B] int64) -> memory [B, S, H], keys [B, S, H],
-  mask [B, S] bool, feed [B, H], then each decoder layer's initial state tensors [B, H].
+  mask [B, S] bool, feed [B, H], then each decoder layer's initial state tensors [B, H]; for
+  a cell whose forward loops over time in Python instead `embed.onnx`, `encoder-L-D.onnx`
+  (each encoder cell's step) and `finish.onnx` (see `export`).
 - `step.onnx`: (tokens [B], memory, keys, mask, feed, states...) -> log_probs [B, V], feed,
   states..., attention [B, S].
 - `manifest.json`: the run's config, the state layout, vocabulary sizes, versions.
@@ -69,17 +71,6 @@ class _Step(nn.Module):
         return (log_probs, state.feed, *_flat(state.layers), weights)
 
 
-class _Embed(nn.Module):
-    """src [B, S] -> the encoder's input [B, S, E] (the step-by-step layout's first graph)."""
-
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.embed = model.encoder.embed
-
-    def forward(self, src: Tensor) -> Tensor:
-        return self.embed(src)
-
-
 class _CellStep(nn.Module):
     """One encoder cell's step: (x [B, I], state...) -> (h [B, H], state...)."""
 
@@ -118,8 +109,12 @@ def _onnx(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs
                               input_names=inputs, output_names=outputs, dynamic_axes=axes)
     except Exception as exc:  # noqa: BLE001 - whatever the tracer raises: name the cell
         raise PluginError(f"cell '{cell}' cannot be exported to ONNX ({path.name}): "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                          f"{type(exc).__name__}: {_first_line(exc)}"
                           ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else ""
 
 
 BATCH = {0: "batch"}
@@ -206,7 +201,7 @@ def _export_steps(model, src: Tensor, lengths: Tensor, out: Path, cell: str
     """The step-by-step encoder: embed.onnx, encoder-L-D.onnx (layer L, direction D: the
     cell's step) and finish.onnx; returns the manifest's encoder layout."""
     (out / "encoder.onnx").unlink(missing_ok=True)
-    _onnx(_Embed(model), (src,), out / "embed.onnx", ["src"], ["x"], {"src": SEQ, "x": SEQ},
+    _onnx(model.encoder.embed, (src,), out / "embed.onnx", ["src"], ["x"], {"src": SEQ, "x": SEQ},
           cell)
     parts = None
     for i, layer in enumerate(model.encoder.layers):
@@ -260,7 +255,7 @@ def _verify(model, out: Path, top: int, cell: str) -> None:
             torch.allclose(got, log_probs.float(), atol=1e-3)
         why = "its outputs differ from PyTorch's at another batch size and length"
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors on a fixed-shape graph
-        same, why = False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        same, why = False, f"{type(exc).__name__}: {_first_line(exc)}"
     if not same:
         raise PluginError(f"cell '{cell}' does not export to ONNX with dynamic lengths ({why}); "
                           f"its step must trace to a graph that holds at every batch size "
@@ -282,8 +277,9 @@ class OnnxModel(nn.Module):
         directory = Path(directory)
         try:
             self.manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-            if not isinstance(self.manifest, dict) or "per_layer" not in self.manifest:
-                raise ValueError("not an s2s export manifest")
+            if not isinstance(self.manifest, dict) or "per_layer" not in self.manifest \
+                    or not isinstance(self.manifest.get("config"), dict):
+                raise ValueError("not an s2s export manifest: per_layer or config missing")
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{directory / MANIFEST} is damaged ({exc}); export the run "
                                   f"again") from exc

@@ -167,8 +167,7 @@ def build_app(load, cfg: ServeConfig, where: str = "model", on_error=None):
             state["translator"] = translator
         except S2SError as exc:
             state["error"] = str(exc)
-            if on_error is not None:
-                on_error(str(exc))
+            (on_error or (lambda m: log.error("cannot load the model: %s", m)))(str(exc))
 
     async def start() -> None:
         await asyncio.to_thread(loaded)
@@ -259,7 +258,7 @@ def build_app(load, cfg: ServeConfig, where: str = "model", on_error=None):
                               f"--max-chars {cfg.max_chars}: split it")
         given = {name: getattr(body, name) for name in REQUEST_OPTIONS
                  if name in body.model_fields_set}
-        options = {**defaults(state["translator"]), **given, "attention": body.alignments}
+        options = {**state["info"]["defaults"], **given, "attention": body.alignments}
         try:
             SearchOptions(**options)
             if options["nbest"] > options["beam"] and not options["sampling"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from s2s.errors import DataError
@@ -44,22 +45,22 @@ def not_the_same(input_path: str, output_path: str, *others: str) -> None:
                             f"before it is read; write to another file")
 
 
-def write_lines(path: str, lines) -> None:
-    """Write `lines` (each with its newline) to `path` ('-': stdout); a failed write or close
-    is reported as writing `path` (a broken pipe ends quietly)."""
+@contextmanager
+def writing(path: str):
+    """The output `path` ('-': stdout) as a Sink; a failed write or close is reported as
+    writing `path` (a broken pipe ends quietly); a file is closed on the way out."""
     sink = open_output(path)
+    out = Sink(sink)
     try:
-        out = Sink(sink)
-        for line in lines:
-            out.write(line)
+        yield out
         out.flush()
-    except WriteFailed as failed:
+    except WriteFailed as failed:  # errors reading the input pass through as they are
         write_error(path, failed.__cause__)
     finally:
         if sink is not sys.stdout:
             try:
                 sink.close()
-            except OSError as exc:
+            except OSError as exc:  # the last buffered lines could not be written
                 write_error(path, exc)
 
 

@@ -202,10 +202,7 @@ class Translator:
         """A folder written by `s2s export`: its ONNX graphs run by onnxruntime (CPU)."""
         from s2s import export
 
-        model = export.OnnxModel(directory)
-        if not isinstance(model.manifest.get("config"), dict):
-            raise CheckpointError(f"{Path(directory) / export.MANIFEST} holds no config; export "
-                                  f"the run again")
+        model = export.OnnxModel(directory)  # it checks the manifest
         cfg = config.from_dict(model.manifest["config"], source=f"{directory}: manifest")
         return cls(model, Tokenizer.load(directory), cfg, None, str(directory))
 
